@@ -1,0 +1,41 @@
+# msds-lightning: `make help` lists the targets.
+PY     ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PYTHON := $(BIN)/python
+MSDS   := $(BIN)/msds
+
+.DEFAULT_GOAL := help
+.PHONY: help install test test-full lint format analyze certify clean
+
+help: ## show this help
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+
+install: ## create .venv and install the package with its dev extras (uv if available, else pip)
+	@if $(PY) -m uv --version >/dev/null 2>&1 || $(PY) -m pip install -q uv; then \
+		[ -x $(PYTHON) ] || $(PY) -m uv venv -q -p $(PY) $(VENV); \
+		VIRTUAL_ENV=$(VENV) $(PY) -m uv pip install -q -e ".[dev]"; \
+	else \
+		[ -x $(PYTHON) ] || $(PY) -m venv $(VENV); \
+		$(PYTHON) -m pip install -q -e ".[dev]"; \
+	fi
+	@$(PYTHON) -c "import torch, torchvision, lightning, diffusers, timm; print('installed: torch', torch.__version__, '| torchvision', torchvision.__version__, '| lightning', lightning.__version__)"
+
+test: ## run the test suite (CPU, a few minutes; heavy checks are marked slow)
+	$(PYTHON) -m pytest -m "not slow" -q
+
+test-full: ## run every test, the slow ones too
+	$(PYTHON) -m pytest -q
+
+lint: ## ruff checks
+	$(BIN)/ruff check msds_lightning tests bench
+
+format: ## ruff format + autofix
+	$(BIN)/ruff format msds_lightning tests bench && $(BIN)/ruff check --fix msds_lightning tests bench
+
+analyze: ## tabulate results: make analyze RESULTS="outputs/a.tsv outputs/b.tsv" [RADII="0 0.25 0.5"]
+	$(MSDS) analyze $(RESULTS) $(if $(RADII),--radii $(RADII),)
+
+clean: ## remove caches (keeps .venv and outputs/)
+	rm -rf .pytest_cache .ruff_cache build *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

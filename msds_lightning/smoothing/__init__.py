@@ -1,0 +1,39 @@
+"""Randomized-smoothing certification core: pure torch + scipy/statsmodels, no Lightning.
+
+* :class:`Smooth` — Cohen et al.'s CERTIFY/PREDICT, same random stream as locuslab/smoothing.
+* :class:`SmoothingEngine` — batched, per-image-seeded certification for throughput and distributed runs.
+* Clopper–Pearson bounds and the Gaussian radius in :mod:`.bounds`.
+
+Units: images are [C,H,W] (or [B,C,H,W]) tensors with pixels in [0,1]; σ and radii are l2 distances in
+those [0,1] pixel units.
+"""
+
+from .bounds import (
+    binomial_test_pvalue,
+    clopper_pearson_interval,
+    clopper_pearson_lower,
+    clopper_pearson_upper,
+    gaussian_radius,
+)
+from .core import ABSTAIN, Certificate, Smooth, decide, predict_from_counts
+from .engine import ESTIMATION, NOISE_BLOCK, PREDICTION, SELECTION, SmoothingEngine, noise_seed, sample_counts
+
+__all__ = [
+    "ABSTAIN",
+    "Certificate",
+    "ESTIMATION",
+    "NOISE_BLOCK",
+    "PREDICTION",
+    "SELECTION",
+    "Smooth",
+    "SmoothingEngine",
+    "binomial_test_pvalue",
+    "clopper_pearson_interval",
+    "clopper_pearson_lower",
+    "clopper_pearson_upper",
+    "decide",
+    "gaussian_radius",
+    "noise_seed",
+    "predict_from_counts",
+    "sample_counts",
+]

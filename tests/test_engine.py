@@ -1,0 +1,113 @@
+import math
+
+import pytest
+import torch
+
+from msds_lightning.smoothing import ESTIMATION, SELECTION, Smooth, SmoothingEngine, sample_counts
+
+from .conftest import TemplateClassifier
+
+F = TemplateClassifier()
+IMAGES = torch.stack([F.image(c, s) for c, s in [(3, 0.6), (1, 1.0), (7, 2.0), (0, 4.0), (5, 0.3)]])
+INDICES = [11, 3, 250, 7, 42]
+
+
+def counts(batch_size, images=IMAGES, indices=INDICES, seed=0, num=1000, stream=(ESTIMATION,)):
+    return sample_counts(F, images, indices, num, 0.5, 10, seed=seed, stream=stream, batch_size=batch_size)
+
+
+def test_counts_independent_of_batch_size():
+    reference = counts(1000)
+    assert reference.sum(1).tolist() == [1000] * len(INDICES)
+    for batch_size in (7, 64, 999, 5000):
+        assert torch.equal(counts(batch_size), reference), batch_size
+
+
+def test_counts_independent_of_batch_mates_and_order():
+    together = counts(64)
+    for k in range(len(INDICES)):
+        alone = counts(64, IMAGES[k : k + 1], INDICES[k : k + 1])
+        assert torch.equal(alone[0], together[k])
+    reversed_ = counts(64, IMAGES.flip(0), INDICES[::-1])
+    assert torch.equal(reversed_.flip(0), together)
+
+
+def test_streams_seed_and_index_change_the_noise():
+    base = counts(64)
+    assert not torch.equal(counts(64, seed=1), base)
+    assert not torch.equal(counts(64, stream=(SELECTION,)), base)
+    assert not torch.equal(counts(64, indices=[i + 1 for i in INDICES]), base)
+
+
+def test_certificates_independent_of_batch_size_and_consistent_with_counts():
+    results = {}
+    for batch_size in (7, 64, 1000):
+        engine = SmoothingEngine(F, 10, 0.5, seed=5, batch_size=batch_size)
+        results[batch_size] = engine.certify(IMAGES, INDICES, 100, 2000, 0.001)
+    assert results[7] == results[64] == results[1000]
+    certs = results[64]
+    assert {c.prediction for c in certs} - {-1}, "some image must certify"
+    assert any(c.prediction == -1 for c in certs), "some image must abstain"
+    for c in certs:
+        assert c.n == 2000 and (c.prediction == -1) == (c.p_lower < 0.5)
+        if c.prediction != -1:
+            assert math.isclose(
+                c.radius,
+                0.5
+                * torch.distributions.Normal(0, 1).icdf(torch.tensor(c.p_lower, dtype=torch.float64)).item(),
+                rel_tol=1e-9,
+            )
+
+
+def test_predict_independent_of_batch_size():
+    a = SmoothingEngine(F, 10, 0.25, seed=1, batch_size=13).predict(IMAGES, INDICES, 500, 0.001)
+    b = SmoothingEngine(F, 10, 0.25, seed=1, batch_size=500).predict(IMAGES, INDICES, 500, 0.001)
+    assert a == b and a[3] == 0
+
+
+def test_engine_agrees_with_smooth_on_clear_images():
+    engine = SmoothingEngine(F, 10, 0.25, seed=0, batch_size=1000).certify(IMAGES, INDICES, 100, 10000, 0.001)
+    for k, cert in enumerate(engine):
+        torch.manual_seed(k)
+        prediction, radius = Smooth(F, 10, 0.25).certify(IMAGES[k], 100, 10000, 0.001, 1000)
+        assert prediction == cert.prediction
+        assert abs(radius - cert.radius) < 0.05  # same distribution, different streams
+
+
+X = torch.full((3, 8, 8), 0.5)
+BAD_SMOOTH_CALLS = [
+    ("sigma", lambda: Smooth(F, 10, 0.0)),
+    ("sigma", lambda: Smooth(F, 10, -0.25)),
+    ("sigma", lambda: Smooth(F, 10, float("nan"))),
+    ("num_classes", lambda: Smooth(F, 1, 0.25)),
+    ("alpha", lambda: Smooth(F, 10, 0.25).certify(X, 10, 100, 0.0, 10)),
+    ("alpha", lambda: Smooth(F, 10, 0.25).certify(X, 10, 100, 1.0, 10)),
+    ("n0", lambda: Smooth(F, 10, 0.25).certify(X, 0, 100, 0.001, 10)),
+    ("n", lambda: Smooth(F, 10, 0.25).certify(X, 10, 0, 0.001, 10)),
+    ("n", lambda: Smooth(F, 10, 0.25).predict(X, 2.5, 0.001, 10)),
+    ("batch_size", lambda: Smooth(F, 10, 0.25).certify(X, 10, 100, 0.001, 0)),
+    ("single image", lambda: Smooth(F, 10, 0.25).certify(X[None], 10, 100, 0.001, 10)),
+    ("[0,1]", lambda: Smooth(F, 10, 0.25).certify(X * 2.1, 10, 100, 0.001, 10)),
+    ("[0,1]", lambda: Smooth(F, 10, 0.25).certify(X - 0.6, 10, 100, 0.001, 10)),
+    ("floating", lambda: Smooth(F, 10, 0.25).certify((X * 255).to(torch.uint8), 10, 100, 0.001, 10)),
+    ("logits", lambda: Smooth(F, 11, 0.25).certify(X, 10, 100, 0.001, 10)),
+]
+BAD_ENGINE_CALLS = [
+    ("sigma", lambda: SmoothingEngine(F, 10, 0)),
+    ("seed", lambda: SmoothingEngine(F, 10, 0.25, seed=-1)),
+    ("batch_size", lambda: SmoothingEngine(F, 10, 0.25, batch_size=0)),
+    ("noise_block", lambda: SmoothingEngine(F, 10, 0.25, noise_block=0)),
+    ("alpha", lambda: SmoothingEngine(F, 10, 0.25).certify(IMAGES, INDICES, 10, 100, 1.5)),
+    ("n0", lambda: SmoothingEngine(F, 10, 0.25).certify(IMAGES, INDICES, -1, 100, 0.001)),
+    ("n", lambda: SmoothingEngine(F, 10, 0.25).certify(IMAGES, INDICES, 10, 0, 0.001)),
+    ("B,C,H,W", lambda: SmoothingEngine(F, 10, 0.25).certify(IMAGES[0], INDICES, 10, 100, 0.001)),
+    ("[0,1]", lambda: SmoothingEngine(F, 10, 0.25).certify(IMAGES + 1, INDICES, 10, 100, 0.001)),
+    ("indices", lambda: SmoothingEngine(F, 10, 0.25).certify(IMAGES, INDICES[:2], 10, 100, 0.001)),
+    ("indices", lambda: SmoothingEngine(F, 10, 0.25).certify(IMAGES, [-1, 0, 1, 2, 3], 10, 100, 0.001)),
+]
+
+
+@pytest.mark.parametrize("word,call", BAD_SMOOTH_CALLS + BAD_ENGINE_CALLS)
+def test_invalid_arguments_raise_clear_errors(word, call):
+    with pytest.raises(ValueError, match=word.replace("[", r"\[").replace("]", r"\]")):
+        call()
