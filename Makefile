@@ -36,6 +36,10 @@ format: ## ruff format + autofix
 analyze: ## tabulate results: make analyze RESULTS="outputs/a.tsv outputs/b.tsv" [RADII="0 0.25 0.5"]
 	$(MSDS) analyze $(RESULTS) $(if $(RADII),--radii $(RADII),)
 
+certify: ## certify with a config: make certify CONFIG=configs/cifar10/certify_dds.yaml [ARGS="--model.n 1000"]
+	@test -n "$(CONFIG)" || { echo "usage: make certify CONFIG=configs/<dataset>/certify_<method>.yaml [ARGS=...]"; exit 2; }
+	$(MSDS) certify -c $(CONFIG) $(ARGS)
+
 clean: ## remove caches (keeps .venv and outputs/)
 	rm -rf .pytest_cache .ruff_cache build *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

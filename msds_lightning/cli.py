@@ -2,8 +2,12 @@
 
 ``msds analyze RESULTS... [--radii R...] [--format markdown|latex|csv] [--output FILE] [--plot PNG]``
     tabulate certified accuracy, ACR and abstention from result TSVs.
+``msds certify -c CONFIG.yaml [--section.key value ...] [--print_config]``
+    certify a data set with a (denoised-)smoothed classifier (LightningCLI: ``trainer``, ``model``,
+    ``data`` and ``results`` sections).
 
-Each sub-command registers itself in ``COMMANDS`` (name → (help, add_arguments, run)).
+Each argparse sub-command registers itself in ``COMMANDS`` (name → (help, add_arguments, run)); the
+Lightning ones in ``LIGHTNING_COMMANDS`` take the rest of the command line as LightningCLI arguments.
 """
 
 from __future__ import annotations
@@ -59,6 +63,49 @@ def _analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_certify(argv: Sequence[str]) -> int:
+    """``msds certify``: LightningCLI over :class:`CertifyModule`, any data module, and the result writer."""
+    from lightning.pytorch import LightningDataModule
+    from lightning.pytorch.cli import LightningCLI
+
+    from .callbacks import CertificationWriter
+    from .modules import CertifyModule
+
+    class CertifyCLI(LightningCLI):
+        def add_arguments_to_parser(self, parser) -> None:
+            parser.add_lightning_class_args(CertificationWriter, "results")
+            parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+
+    # LightningCLI reads sys.argv; give it ours for parsing, then restore the real one, which DDP's
+    # launcher re-executes to start the other ranks.
+    real_argv, sys.argv = sys.argv, ["msds certify", *argv]
+    try:
+        cli = CertifyCLI(
+            CertifyModule,
+            LightningDataModule,
+            subclass_mode_data=True,
+            run=False,
+            save_config_callback=None,
+            trainer_defaults={"logger": False, "enable_checkpointing": False, "enable_model_summary": False},
+        )
+    finally:
+        sys.argv = real_argv
+    output = Path(cli.config["results"]["output"])
+    if cli.trainer.is_global_zero:  # the resolved config beside the results: a run can be repeated exactly
+        output.parent.mkdir(parents=True, exist_ok=True)
+        cli.parser.save(cli.config, output.with_suffix(".config.yaml"), overwrite=True, skip_validation=True)
+    cli.trainer.predict(cli.model, datamodule=cli.datamodule, return_predictions=False)
+    return 0
+
+
+LIGHTNING_COMMANDS: dict[str, tuple[str, Callable[[Sequence[str]], int]]] = {
+    "certify": (
+        "certify a data set with a (denoised-)smoothed classifier (LightningCLI config)",
+        run_certify,
+    ),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="msds", description="Certified robustness with diffusion denoisers."
@@ -66,14 +113,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help_text, add_arguments, _) in COMMANDS.items():
         add_arguments(sub.add_parser(name, help=help_text, description=help_text))
+    for name, (help_text, _) in LIGHTNING_COMMANDS.items():
+        sub.add_parser(name, help=f"{help_text}; `msds {name} --help` for its options", add_help=False)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in LIGHTNING_COMMANDS:
+        try:
+            return LIGHTNING_COMMANDS[argv[0]][1](argv[1:])
+        except (ValueError, OSError) as err:  # bad config values or files: say which, no traceback
+            print(f"msds {argv[0]}: error: {err}", file=sys.stderr)
+            return 2
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command][2](args)
-    except (ValueError, FileNotFoundError) as err:  # bad input: a clear message, no traceback
+    except (ValueError, OSError) as err:  # bad input: a clear message, no traceback
         print(f"msds {args.command}: error: {err}", file=sys.stderr)
         return 2
 

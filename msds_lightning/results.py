@@ -107,6 +107,31 @@ class ResultWriter:
         self.close()
 
 
+def _drop_partial_last_line(path: Path) -> None:
+    """A job killed mid-write can leave a last line without its newline: cut it so appends stay aligned
+    (its image was not finished, so it is certified again)."""
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with path.open("r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
+
+
+def _complete_lines(path: str | os.PathLike) -> list[str]:
+    """Lines of a file that end with a newline (a partial last line is an unfinished row)."""
+    with open(path, newline="") as f:
+        text = f.read()
+    return [line for line in text.split("\n")[:-1] if line.strip()]
+
+
+def done_indices(paths: Iterable[str | os.PathLike]) -> set[int]:
+    """Dataset indices already written to any of the existing result files (complete rows only)."""
+    done: set[int] = set()
+    for path in paths:
+        if Path(path).is_file():
+            done.update(int(line.split("\t", 1)[0]) for line in _complete_lines(path)[1:])
+    return done
+
+
 @dataclass
 class Results:
     """Columns of a result file as numpy arrays (``columns`` maps every column name to its raw strings)."""
@@ -170,8 +195,7 @@ def merge_result_files(
     """
     head, by_idx = None, {}
     for shard in shards:
-        with open(shard, newline="") as f:
-            lines = [line.rstrip("\n") for line in f if line.strip()]
+        lines = _complete_lines(shard)
         if not lines:
             continue
         if head is None:

@@ -1,0 +1,5 @@
+"""Lightning callbacks."""
+
+from .writer import CertificationWriter
+
+__all__ = ["CertificationWriter"]

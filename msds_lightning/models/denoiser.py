@@ -1,0 +1,355 @@
+"""One-shot diffusion denoiser for (multi-scale) denoised smoothing.
+
+Randomized smoothing adds Gaussian noise ``δ ~ N(0, σ²I)`` to an image ``x`` in [0, 1] pixel units. A DDPM
+trained on images in [-1, 1] sees ``x_t = sqrt(ᾱ_t)·x₀ + sqrt(1-ᾱ_t)·ε``. Scaling ``2(x + δ) - 1`` by
+``sqrt(ᾱ_t)`` gives exactly that form when ``sqrt((1-ᾱ_t)/ᾱ_t) = 2σ`` (the factor 2 comes from the [-1, 1]
+range), so one UNet call at that timestep estimates the clean image (Carlini et al. 2023, "(Certified!!)
+Adversarial Robustness for Free!"; Jeong & Shin 2023, MSDS).
+
+The UNet is a diffusers ``UNet2DModel`` and the noise schedule a diffusers ``DDPMScheduler``. Both are kept
+as they are so that checkpoints load and save with the usual diffusers tooling.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler, UNet2DModel
+from torch import nn
+
+DENOISER_CONFIG_NAME = "denoiser_config.json"
+UNET_CONFIG_NAME = "config.json"
+SCHEDULER_CONFIG_NAME = "scheduler_config.json"
+
+_PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+
+
+class DiffusionDenoiser(nn.Module):
+    """Denoise ``x + δ`` (``δ ~ N(0, σ²I)``, pixels in [0, 1]) with a single call of a diffusion UNet.
+
+    Args:
+        unet: diffusers ``UNet2DModel`` trained on images in [-1, 1]. Its output holds the prediction in the
+            first ``in_channels`` channels; a model with learned variance outputs ``2·in_channels`` channels
+            and the variance half is ignored.
+        scheduler: diffusers ``DDPMScheduler`` (any scheduler exposing ``alphas_cumprod`` works) describing the
+            noise schedule the UNet was trained with. Its ``prediction_type`` (``"epsilon"`` by default,
+            ``"sample"`` and ``"v_prediction"`` are also understood) says what the UNet predicts.
+        rescale_timesteps: feed the UNet ``t·1000/T`` (a float) instead of the integer ``t``.
+            improved-diffusion checkpoints (e.g. the CIFAR-10 ``cifar10_uncond_50M_500K.pt`` with
+            ``T = 4000``) were trained that way; guided-diffusion ImageNet checkpoints were not.
+        pad_to: if set, reflection-pad inputs to ``pad_to × pad_to`` before the UNet and center-crop the
+            output back. MSDS runs the 256 px ImageNet UNet on 224 px crops this way.
+    """
+
+    def __init__(
+        self,
+        unet: UNet2DModel,
+        scheduler: DDPMScheduler,
+        rescale_timesteps: bool = False,
+        pad_to: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.unet = unet
+        self.scheduler = scheduler
+        self.rescale_timesteps = bool(rescale_timesteps)
+
+        self.in_channels = int(unet.config.in_channels)
+        out_channels = int(unet.config.out_channels)
+        if out_channels not in (self.in_channels, 2 * self.in_channels):
+            raise ValueError(
+                f"unet: out_channels must be in_channels ({self.in_channels}) or, for a learned-variance model, "
+                f"2·in_channels ({2 * self.in_channels}); got {out_channels}"
+            )
+        # Every down block but the last halves the resolution.
+        self.downsample_factor = 2 ** (len(unet.config.block_out_channels) - 1)
+
+        self.prediction_type = getattr(scheduler.config, "prediction_type", "epsilon")
+        if self.prediction_type not in _PREDICTION_TYPES:
+            raise ValueError(
+                f"scheduler: prediction_type must be one of {_PREDICTION_TYPES}, got {self.prediction_type!r}"
+            )
+
+        if pad_to is not None and (pad_to <= 0 or pad_to % self.downsample_factor != 0):
+            raise ValueError(
+                f"pad_to must be a positive multiple of the UNet's downsampling factor "
+                f"{self.downsample_factor}, got {pad_to}"
+            )
+        self.pad_to = pad_to
+
+        alphas_cumprod = torch.as_tensor(scheduler.alphas_cumprod, dtype=torch.float64).cpu()
+        self.num_train_timesteps = len(alphas_cumprod)
+        # sqrt((1 - ᾱ_t) / ᾱ_t) is the noise std in [-1, 1] units that x_t / sqrt(ᾱ_t) carries. It must
+        # increase with t for the "first t" lookup to be well defined. Kept in float64 on the CPU, outside
+        # the buffers, so that `.half()` or `.to(device)` never change which timestep a σ maps to.
+        noise_ratio = ((1.0 - alphas_cumprod) / alphas_cumprod).sqrt()
+        if not bool((noise_ratio[1:] >= noise_ratio[:-1]).all()):
+            raise ValueError("scheduler: alphas_cumprod must be non-increasing in t")
+        self._noise_ratio = noise_ratio
+        self._timestep_cache: dict[float, int] = {}
+
+        # Float32 coefficient tables on the module's device, derived in float64 (as improved-diffusion does).
+        self.register_buffer("alphas_cumprod", alphas_cumprod.float(), persistent=False)
+        self.register_buffer("sqrt_alphas_cumprod", alphas_cumprod.sqrt().float(), persistent=False)
+        self.register_buffer(
+            "sqrt_one_minus_alphas_cumprod", (1.0 - alphas_cumprod).sqrt().float(), persistent=False
+        )
+
+    # ------------------------------------------------------------------------------------------------
+    # σ → timestep
+    # ------------------------------------------------------------------------------------------------
+
+    @property
+    def max_sigma(self) -> float:
+        """Largest σ (in [0, 1] pixel units) the schedule reaches: ``sqrt((1-ᾱ_T)/ᾱ_T) / 2``."""
+        return float(self._noise_ratio[-1]) / 2.0
+
+    def timestep_for_sigma(self, sigma: float) -> int:
+        """Map a smoothing σ (std in [0, 1] pixel units, ``0 < σ <= max_sigma``) to a 0-based timestep.
+
+        Returns the first index ``t`` into ``scheduler.alphas_cumprod`` with ``sqrt((1-ᾱ_t)/ᾱ_t) >= 2σ``.
+        The UNet therefore assumes slightly more noise than was added (at most one schedule step more), and
+        certificates stay computed with the nominal σ. Results are cached.
+        """
+        sigma = float(sigma)
+        t = self._timestep_cache.get(sigma)
+        if t is None:
+            self._check_sigma_range(sigma, sigma)
+            t = int(torch.searchsorted(self._noise_ratio, torch.tensor([2.0 * sigma], dtype=torch.float64)))
+            self._timestep_cache[sigma] = t
+        return t
+
+    def timesteps_for_sigmas(self, sigmas: torch.Tensor) -> torch.Tensor:
+        """Vectorised :meth:`timestep_for_sigma` for a tensor of σ values; returns int64 on ``sigmas.device``."""
+        flat = sigmas.detach().to("cpu", torch.float64).reshape(-1)
+        if flat.numel() == 0:
+            raise ValueError("sigma must not be empty")
+        self._check_sigma_range(float(flat.min()), float(flat.max()))
+        t = torch.searchsorted(self._noise_ratio, 2.0 * flat)
+        return t.reshape(sigmas.shape).to(sigmas.device)
+
+    def effective_sigma(self, sigma: float) -> float:
+        """The σ (in [0, 1] pixel units) the UNet assumes at ``timestep_for_sigma(sigma)``; always ``>= sigma``."""
+        return float(self._noise_ratio[self.timestep_for_sigma(sigma)]) / 2.0
+
+    def _check_sigma_range(self, smallest: float, largest: float) -> None:
+        if not smallest > 0.0:  # also rejects NaN
+            raise ValueError(f"sigma must be > 0, got {smallest}")
+        if largest > self.max_sigma:
+            raise ValueError(
+                f"sigma={largest} exceeds the largest noise level this schedule reaches "
+                f"(max sigma {self.max_sigma:.4g} in [0, 1] pixel units, T={self.num_train_timesteps})"
+            )
+
+    # ------------------------------------------------------------------------------------------------
+    # Denoising
+    # ------------------------------------------------------------------------------------------------
+
+    def forward(self, x_noisy: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
+        """Estimate the clean image from ``x_noisy = x + δ``.
+
+        Args:
+            x_noisy: [B, C, H, W] float, ``x + δ`` in [0, 1] pixel units (values outside [0, 1] are expected
+                because of the noise).
+            sigma: std of δ in [0, 1] pixel units: a Python float for the whole batch, or a tensor of shape
+                [B] with one σ per sample (as drawn during fine-tuning).
+
+        Returns:
+            [B, C, H, W] denoised image in [0, 1]. Not wrapped in ``no_grad``: gradients reach the UNet.
+        """
+        self._check_input(x_noisy)
+        t = self._timesteps(sigma, x_noisy.shape[0], x_noisy.device)
+        sqrt_alpha = self._gather(self.sqrt_alphas_cumprod, t, x_noisy)
+        x_t = sqrt_alpha * (2.0 * x_noisy - 1.0)
+        x0 = self.predict_x0(x_t, t, clip=True)
+        return (x0 + 1.0) / 2.0
+
+    def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, clip: bool = True) -> torch.Tensor:
+        """One UNet call: estimate ``x₀`` in [-1, 1] from the diffusion state ``x_t`` at timesteps ``t``.
+
+        Args:
+            x_t: [B, C, H, W] float, ``sqrt(ᾱ_t)·x₀ + sqrt(1-ᾱ_t)·ε`` in the model's [-1, 1] units.
+            t: int64 tensor of shape [B] (0-based schedule indices).
+            clip: clamp the estimate to [-1, 1] (as improved/guided-diffusion's ``clip_denoised``).
+        """
+        model_output = self._run_unet(x_t, t)
+        sqrt_alpha = self._gather(self.sqrt_alphas_cumprod, t, x_t)
+        sqrt_one_minus_alpha = self._gather(self.sqrt_one_minus_alphas_cumprod, t, x_t)
+        if self.prediction_type == "epsilon":
+            x0 = (x_t - sqrt_one_minus_alpha * model_output) / sqrt_alpha
+        elif self.prediction_type == "sample":
+            x0 = model_output
+        else:  # v_prediction: v = sqrt(ᾱ)·ε - sqrt(1-ᾱ)·x₀
+            x0 = sqrt_alpha * x_t - sqrt_one_minus_alpha * model_output
+        return x0.clamp(-1.0, 1.0) if clip else x0
+
+    def _run_unet(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """UNet prediction (its first ``in_channels`` channels) for ``x_t``, in ``x_t``'s dtype."""
+        # Always a float tensor: diffusers turns a Python float timestep into int64 and would drop the .5 of
+        # a rescaled timestep such as 289.5.
+        timesteps = t.to(torch.float32)
+        if self.rescale_timesteps:
+            timesteps = timesteps * (1000.0 / self.num_train_timesteps)
+
+        height, width = x_t.shape[-2:]
+        sample = self._pad(x_t) if self.pad_to is not None else x_t
+        output = self.unet(sample.to(self.unet.dtype), timesteps, return_dict=False)[0]
+        output = output[:, : self.in_channels].to(x_t.dtype)
+        if self.pad_to is not None:
+            top, left = (self.pad_to - height) // 2, (self.pad_to - width) // 2
+            output = output[..., top : top + height, left : left + width]
+        return output
+
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        top, left = (self.pad_to - height) // 2, (self.pad_to - width) // 2
+        bottom, right = self.pad_to - height - top, self.pad_to - width - left
+        return F.pad(x, (left, right, top, bottom), mode="reflect")
+
+    def _timesteps(self, sigma: float | torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+        if isinstance(sigma, torch.Tensor) and sigma.ndim > 0:
+            if sigma.shape != (batch_size,):
+                raise ValueError(
+                    f"sigma: expected a float or a tensor of shape [{batch_size}], got {tuple(sigma.shape)}"
+                )
+            return self.timesteps_for_sigmas(sigma).to(device)
+        t = self.timestep_for_sigma(float(sigma))
+        return torch.full((batch_size,), t, dtype=torch.long, device=device)
+
+    @staticmethod
+    def _gather(table: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return table[t.to(table.device)].to(like.dtype).view(-1, *([1] * (like.ndim - 1)))
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.ndim != 4:
+            raise ValueError(f"x_noisy: expected a [B, C, H, W] tensor, got shape {tuple(x.shape)}")
+        channels, height, width = x.shape[1:]
+        if channels != self.in_channels:
+            raise ValueError(
+                f"x_noisy: expected {self.in_channels} channels (the UNet's in_channels), got {channels}"
+            )
+        if self.pad_to is None:
+            if height % self.downsample_factor or width % self.downsample_factor:
+                raise ValueError(
+                    f"x_noisy: expected height and width divisible by {self.downsample_factor} (the UNet's "
+                    f"downsampling factor), got {height}x{width}; set pad_to to run other sizes"
+                )
+            return
+        if height > self.pad_to or width > self.pad_to:
+            raise ValueError(
+                f"x_noisy: expected at most {self.pad_to}x{self.pad_to} (pad_to), got {height}x{width}"
+            )
+        # Reflection padding cannot reach further than the image is wide.
+        if math.ceil((self.pad_to - height) / 2) >= height or math.ceil((self.pad_to - width) / 2) >= width:
+            raise ValueError(
+                f"x_noisy: {height}x{width} is too small to reflection-pad to {self.pad_to}x{self.pad_to}"
+            )
+
+    # ------------------------------------------------------------------------------------------------
+    # Construction, loading, saving
+    # ------------------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_config(
+        cls, unet: dict[str, Any], scheduler: dict[str, Any], **options: Any
+    ) -> DiffusionDenoiser:
+        """Build a randomly initialised denoiser from plain dicts (e.g. from a YAML config).
+
+        Args:
+            unet: ``UNet2DModel`` keyword arguments (lists are fine where diffusers expects tuples).
+            scheduler: ``DDPMScheduler`` keyword arguments, e.g.
+                ``{"num_train_timesteps": 4000, "beta_schedule": "squaredcos_cap_v2"}``.
+            **options: ``rescale_timesteps``, ``pad_to``.
+
+        Unknown keys raise ``TypeError`` (keys starting with ``_``, as in saved diffusers configs, are ignored).
+        """
+        unet_model = UNet2DModel(**_public_keys(unet))
+        noise_scheduler = DDPMScheduler(**_public_keys(scheduler))
+        return cls(unet_model, noise_scheduler, **options)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        rescale_timesteps: bool | None = None,
+        pad_to: int | None = None,
+    ) -> DiffusionDenoiser:
+        """Load a denoiser from a local diffusers folder (never from the Hub).
+
+        The UNet is read from ``path/unet`` if that exists, else from ``path`` itself; the scheduler from
+        ``path/scheduler`` or ``path``. Both layouts occur in practice (pipeline folders vs.
+        ``google/ddpm-cifar10-32``-style folders with everything at the root).
+
+        Args:
+            path: the folder.
+            rescale_timesteps: ``None`` takes the value saved in ``denoiser_config.json`` (``False`` if absent).
+            pad_to: ``None`` takes the saved value (no padding if absent); ``0`` disables a saved padding.
+        """
+        root = Path(path).expanduser()
+        if root.is_file():
+            raise NotADirectoryError(
+                f"Denoiser path {root} is a file; expected a diffusers folder (unet/ and scheduler/). Original "
+                f"improved/guided-diffusion .pt checkpoints must be converted to the diffusers format first."
+            )
+        if not root.is_dir():
+            raise FileNotFoundError(
+                f"Denoiser folder not found: {root}. Expected a local diffusers folder with unet/ and scheduler/ "
+                f"sub-folders (as written by DiffusionDenoiser.save_pretrained) or with config.json, "
+                f"diffusion_pytorch_model.safetensors and scheduler_config.json at its root."
+            )
+        unet_dir = root / "unet" if (root / "unet" / UNET_CONFIG_NAME).is_file() else root
+        scheduler_dir = root / "scheduler" if (root / "scheduler" / SCHEDULER_CONFIG_NAME).is_file() else root
+        if not (unet_dir / UNET_CONFIG_NAME).is_file():
+            raise FileNotFoundError(
+                f"No UNet config in {root}: expected {root / 'unet' / UNET_CONFIG_NAME} or {root / UNET_CONFIG_NAME}"
+            )
+        if not (scheduler_dir / SCHEDULER_CONFIG_NAME).is_file():
+            raise FileNotFoundError(
+                f"No scheduler config in {root}: expected {root / 'scheduler' / SCHEDULER_CONFIG_NAME} or "
+                f"{root / SCHEDULER_CONFIG_NAME}. The noise schedule must be known to map sigma to a timestep."
+            )
+
+        try:
+            unet = UNet2DModel.from_pretrained(unet_dir, local_files_only=True)
+        except Exception as err:  # diffusers, safetensors and torch raise a variety of types here
+            raise OSError(f"Could not load the diffusion UNet from {unet_dir}: {err}") from err
+        try:
+            scheduler = DDPMScheduler.from_pretrained(scheduler_dir, local_files_only=True)
+        except Exception as err:
+            raise OSError(f"Could not load the noise scheduler from {scheduler_dir}: {err}") from err
+
+        saved: dict[str, Any] = {}
+        options_file = root / DENOISER_CONFIG_NAME
+        if options_file.is_file():
+            try:
+                saved = json.loads(options_file.read_text())
+            except (OSError, json.JSONDecodeError) as err:
+                raise OSError(f"Could not read {options_file}: {err}") from err
+        if rescale_timesteps is None:
+            rescale_timesteps = bool(saved.get("rescale_timesteps", False))
+        if pad_to is None:
+            pad_to = saved.get("pad_to")
+        return cls(unet, scheduler, rescale_timesteps=rescale_timesteps, pad_to=pad_to or None)
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """Write ``unet/`` (safetensors), ``scheduler/`` and ``denoiser_config.json`` to ``path``."""
+        root = Path(path).expanduser()
+        root.mkdir(parents=True, exist_ok=True)
+        self.unet.save_pretrained(root / "unet", safe_serialization=True)
+        self.scheduler.save_pretrained(root / "scheduler")
+        options = {"rescale_timesteps": self.rescale_timesteps, "pad_to": self.pad_to}
+        (root / DENOISER_CONFIG_NAME).write_text(json.dumps(options, indent=2) + "\n")
+
+    def extra_repr(self) -> str:
+        return (
+            f"T={self.num_train_timesteps}, prediction_type={self.prediction_type!r}, "
+            f"rescale_timesteps={self.rescale_timesteps}, pad_to={self.pad_to}"
+        )
+
+
+def _public_keys(config: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in dict(config).items() if not key.startswith("_")}

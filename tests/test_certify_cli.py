@@ -1,0 +1,163 @@
+"""End to end: `msds certify` with the real CIFAR-10 config, tiny models and a fake CIFAR-10 root."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from msds_lightning.cli import main
+from msds_lightning.data import CIFAR10DataModule
+from msds_lightning.models import Classifier, DenoiseAndClassify, DiffusionDenoiser
+from msds_lightning.modules import CertifyModule
+from msds_lightning.results import COHEN_COLUMNS, format_radius, read_results
+from msds_lightning.smoothing import SmoothingEngine
+
+from .conftest import REPO
+from .tiny_models import tiny_classifier, tiny_denoiser, write_fake_cifar10
+
+CONFIG = REPO / "configs" / "cifar10" / "certify_dds.yaml"
+N_IMAGES = 7  # not divisible by 2 processes
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("assets")
+    write_fake_cifar10(root / "cifar10", n_train=5, n_test=12)
+    tiny_denoiser(schedule="cosine", num_train_timesteps=4000, rescale_timesteps=True).save_pretrained(
+        root / "denoiser"
+    )
+    save_file(tiny_classifier(seed=1).model.state_dict(), root / "classifier.safetensors")
+    return root
+
+
+def overrides(assets: Path, output: Path, *extra: str) -> list[str]:
+    return [
+        "-c", str(CONFIG),
+        f"--model.denoiser.init_args.path={assets / 'denoiser'}",
+        "--model.classifier.init_args.model_name=test_vit",
+        f"--model.classifier.init_args.checkpoint={assets / 'classifier.safetensors'}",
+        "--model.classifier.init_args.input_size=null",
+        "--model.classifier.init_args.model_kwargs={img_size: 32}",
+        "--model.n0=16", "--model.n=64", "--model.batch_size=50",
+        f"--data.init_args.root={assets / 'cifar10'}", f"--data.init_args.max={N_IMAGES}",
+        "--data.init_args.batch_size=3", "--data.init_args.num_workers=0",
+        f"--results.output={output}",
+        "--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.enable_progress_bar=false",
+        *extra,
+    ]  # fmt: skip
+
+
+def rows_without_time(path: Path) -> list[list[str]]:
+    lines = path.read_text().splitlines()
+    time_col = lines[0].split("\t").index("time")
+    return [[c for k, c in enumerate(line.split("\t")) if k != time_col] for line in lines]
+
+
+@pytest.fixture(scope="module")
+def single_run(assets, tmp_path_factory):
+    output = tmp_path_factory.mktemp("single") / "dds.tsv"
+    assert main(["certify", *overrides(assets, output)]) == 0
+    return output
+
+
+def test_certify_writes_cohen_tsv_equal_to_engine(assets, single_run):
+    lines = single_run.read_text().splitlines()
+    assert lines[0].split("\t")[:6] == list(COHEN_COLUMNS)
+    res = read_results(single_run)
+    assert res.idx.tolist() == list(range(N_IMAGES))
+    assert (single_run.with_suffix(".md")).read_text().startswith("| file | r=0 |")
+    assert (single_run.with_suffix(".config.yaml")).is_file()
+
+    # the same computation, directly through the engine
+    denoiser = DiffusionDenoiser.from_pretrained(assets / "denoiser")
+    classifier = Classifier(
+        "test_vit", 10, checkpoint=assets / "classifier.safetensors", mean=[0.5] * 3, std=[0.5] * 3,
+        model_kwargs={"img_size": 32},
+    )  # fmt: skip
+    engine = SmoothingEngine(DenoiseAndClassify(denoiser, classifier, 0.25), 10, 0.25, seed=0, batch_size=50)
+    data = CIFAR10DataModule(root=assets / "cifar10", max=N_IMAGES)
+    data.setup("predict")
+    dataset = data.predict_dataset()
+    images = torch.stack([dataset[k][0] for k in range(N_IMAGES)])
+    labels = [dataset[k][1] for k in range(N_IMAGES)]
+    certs = engine.certify(images, list(range(N_IMAGES)), 16, 64, 0.001)
+    assert res.label.tolist() == labels
+    assert res.predict.tolist() == [c.prediction for c in certs]
+    assert res.columns["radius"] == [format_radius(c.radius) for c in certs]
+    assert res.column("nA", int).tolist() == [c.n_a for c in certs]
+    assert res.correct.tolist() == [int(c.prediction == y) for c, y in zip(certs, labels)]
+
+
+def test_resume_fills_in_only_missing_rows(assets, single_run, tmp_path):
+    output = tmp_path / "dds.tsv"
+    full = single_run.read_text().splitlines()
+    kept = [full[0], full[1], full[3], full[6]]  # rows of idx 0, 2, 5 survive a "crash"
+    output.write_text("\n".join(kept) + "\n" + full[2][:7])  # plus a half-written row
+    assert main(["certify", *overrides(assets, output)]) == 0
+    assert rows_without_time(output) == rows_without_time(single_run)
+    resumed = output.read_text().splitlines()
+    assert [resumed[1], resumed[3], resumed[6]] == kept[1:]  # untouched, time included
+    assert not output.with_name(output.name + ".shards").exists()
+
+
+def test_ddp_two_processes_match_single_process(assets, single_run, tmp_path):
+    output = tmp_path / "ddp.tsv"
+    cmd = [sys.executable, "-m", "msds_lightning.cli", "certify",
+           *overrides(assets, output, "--trainer.devices=2", "--trainer.strategy=ddp")]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert rows_without_time(output) == rows_without_time(single_run)
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("--model.sigma=-0.5", "sigma"),
+        ("--model.alpha=1.5", "alpha"),
+        ("--model.n=0", "n"),
+        ("--data.init_args.skip=0", "skip"),
+        ("--model.sigma=1e6", "sigma"),  # beyond what the diffusion schedule reaches
+    ],
+)
+def test_invalid_config_values_are_rejected(assets, tmp_path, capsys, override, message):
+    assert main(["certify", *overrides(assets, tmp_path / "x.tsv", override)]) != 0
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x.tsv").exists()
+
+
+def test_unloadable_checkpoints_name_the_file(assets, tmp_path, capsys):
+    bad = tmp_path / "garbage.safetensors"
+    bad.write_bytes(b"not a checkpoint")
+    code = main(
+        ["certify", *overrides(assets, tmp_path / "x.tsv", f"--model.classifier.init_args.checkpoint={bad}")]
+    )
+    assert code != 0 and str(bad) in capsys.readouterr().err
+    missing = tmp_path / "no_denoiser"
+    code = main(
+        ["certify", *overrides(assets, tmp_path / "y.tsv", f"--model.denoiser.init_args.path={missing}")]
+    )
+    assert code != 0 and str(missing) in capsys.readouterr().err
+
+
+def test_wrong_image_size_for_denoiser_is_rejected():
+    module = CertifyModule(
+        tiny_classifier(), tiny_denoiser(), num_classes=10, sigma=0.25, n0=4, n=8, batch_size=8
+    )
+    odd = torch.rand(2, 3, 31, 31)  # the tiny UNet downsamples by 2: 31 px cannot round-trip
+    with pytest.raises(ValueError, match="31"):
+        module.predict_step((odd, torch.tensor([0, 1]), torch.tensor([0, 1])), 0)
+
+
+def test_partial_debug_run_then_full_run(assets, single_run, tmp_path):
+    output = tmp_path / "partial.tsv"
+    assert main(["certify", *overrides(assets, output, "--trainer.limit_predict_batches=1")]) == 0
+    assert len(read_results(output)) == 3  # one step of 3 images, merged without complaining about the rest
+    assert main(["certify", *overrides(assets, output)]) == 0
+    assert rows_without_time(output) == rows_without_time(single_run)
