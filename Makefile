@@ -14,7 +14,7 @@ help: ## show this help
 install: ## create .venv and install the package with its dev extras (uv if available, else pip)
 	@if $(PY) -m uv --version >/dev/null 2>&1 || $(PY) -m pip install -q uv; then \
 		[ -x $(PYTHON) ] || $(PY) -m uv venv -q -p $(PY) $(VENV); \
-		VIRTUAL_ENV=$(VENV) $(PY) -m uv pip install -q -e ".[dev]"; \
+		$(PY) -m uv pip install -q --python $(PYTHON) -e ".[dev]"; \
 	else \
 		[ -x $(PYTHON) ] || $(PY) -m venv $(VENV); \
 		$(PYTHON) -m pip install -q -e ".[dev]"; \
