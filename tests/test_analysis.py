@@ -122,3 +122,20 @@ def test_radius_format_matches_reference():
     assert [format_radius(r) for r in (0.0, 0.94123, 5.607812736243578e-06, 1.0, 0.24996)] == [
         "0.0", "0.941", "5.61e-06", "1.0", "0.25"]  # fmt: skip
     assert re.fullmatch(r"\d\.\d+", format_radius(2.0))
+
+
+def test_per_level_statistics_of_a_cascade(tmp_path, capsys):
+    path = tmp_path / "cascade.tsv"
+    with ResultWriter(path, extra_columns=("level", "sigma", "stage")) as w:
+        w.write(0, 1, 1, 1.2, 0.0, level=0, sigma=1.0, stage=0)  # highest level, correct
+        w.write(1, 2, 3, 0.9, 0.0, level=0, sigma=1.0, stage=0)  # highest level, wrong
+        w.write(2, 4, 4, 0.3, 0.0, level=2, sigma=0.25, stage=2)  # lowest level, correct
+        w.write(3, 5, -1, 0.0, 0.0, level=-1, sigma=0.0, stage=0)  # undecided at the top
+        w.write(4, 6, 6, 0.5, 0.0, level=1, sigma=0.5, stage=1)
+    s = summarize(read_results(path), [0.0, 0.5, 1.0])
+    assert [(lv.level, lv.sigma, lv.answered, lv.correct) for lv in s.levels] == [
+        (0, 1.0, 2, 1), (1, 0.5, 1, 1), (2, 0.25, 1, 1)]  # fmt: skip
+    assert s.accuracy.tolist() == [0.6, 0.4, 0.2] and s.abstain == 0.2
+    assert main(["analyze", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "| cascade.tsv | 0 | 1 | 2 | 0.500 |" in out and "| cascade.tsv | 2 | 0.25 | 1 | 1.000 |" in out

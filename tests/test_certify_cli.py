@@ -161,3 +161,33 @@ def test_partial_debug_run_then_full_run(assets, single_run, tmp_path):
     assert len(read_results(output)) == 3  # one step of 3 images, merged without complaining about the rest
     assert main(["certify", *overrides(assets, output)]) == 0
     assert rows_without_time(output) == rows_without_time(single_run)
+
+
+def test_multiscale_cascade_from_cli_matches_engine(assets, tmp_path, capsys):
+    from msds_lightning.smoothing import MultiScaleEngine
+
+    output = tmp_path / "msds.tsv"
+    cascade = "--model.sigma=[0.25, 0.5, 1.0]"
+    assert main(["certify", *overrides(assets, output, cascade, "--model.n=200")]) == 0
+    res = read_results(output)
+    head = output.read_text().splitlines()[0].split("\t")
+    assert head[:6] == list(COHEN_COLUMNS) and head[6:9] == ["level", "sigma", "stage"]
+    assert {"nA@1", "nA@0.5", "nA@0.25", "pL@1", "pU@0.25"} <= set(head)
+
+    denoiser = DiffusionDenoiser.from_pretrained(assets / "denoiser")
+    classifier = Classifier(
+        "test_vit", 10, checkpoint=assets / "classifier.safetensors", mean=[0.5] * 3, std=[0.5] * 3,
+        model_kwargs={"img_size": 32},
+    )  # fmt: skip
+    engine = MultiScaleEngine(DenoiseAndClassify(denoiser, classifier), 10, [1.0, 0.5, 0.25], batch_size=50)
+    data = CIFAR10DataModule(root=assets / "cifar10", max=N_IMAGES)
+    dataset = data.predict_dataset()
+    images = torch.stack([dataset[k][0] for k in range(N_IMAGES)])
+    certs = engine.certify(images, list(range(N_IMAGES)), 16, 200, 0.001)
+    assert res.predict.tolist() == [c.prediction for c in certs]
+    assert res.columns["radius"] == [format_radius(c.radius) for c in certs]
+    assert res.column("level", int).tolist() == [c.level for c in certs]
+    assert res.column("stage", int).tolist() == [c.stage for c in certs]
+    for k, c in enumerate(certs):  # per-level counts of every visited level are recorded
+        for r in c.levels:
+            assert int(res.columns[f"nA@{r.sigma:g}"][k]) == r.n_a

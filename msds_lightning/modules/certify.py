@@ -17,8 +17,9 @@ import torch
 from lightning.pytorch import LightningModule
 
 from ..models import DenoiseAndClassify
-from ..smoothing import NOISE_BLOCK, SmoothingEngine
+from ..smoothing import NOISE_BLOCK, MultiScaleEngine, SmoothingEngine
 from ..smoothing.checks import check_alpha, check_count, check_num_classes, check_sigma
+from ..smoothing.multiscale import _check_p0, _check_sigmas
 
 
 class CertifyModule(LightningModule):
@@ -29,7 +30,9 @@ class CertifyModule(LightningModule):
         base classifier is ``classifier(denoiser(x + δ, σ))`` (Carlini et al. 2023), without it plain
         Gaussian smoothing of ``classifier`` (Cohen et al. 2019)
     :param num_classes: number of classes
-    :param sigma: smoothing noise std in [0,1] pixel units
+    :param sigma: smoothing noise std in [0,1] pixel units; a list of several σ certifies the multi-scale
+        cascade (Jeong & Shin 2023): highest σ first, lower ones when it is confidently below ``p0``
+    :param p0: cascade threshold on the top-class probability (0.5 in the paper; unused for one σ)
     :param n0: selection samples per image (field default 100)
     :param n: estimation samples per image (field defaults: 100,000 CIFAR-10, 10,000 ImageNet)
     :param alpha: failure probability of each certificate (field default 0.001)
@@ -39,49 +42,56 @@ class CertifyModule(LightningModule):
     :param noise_block: samples per RNG block (part of the reproducibility key; keep the default)
     """
 
-    extra_columns = ("sigma", "n0", "n", "nA", "pA_lower")
-
     def __init__(
         self,
         classifier: torch.nn.Module,
         denoiser: torch.nn.Module | None = None,
         num_classes: int = 10,
-        sigma: float = 0.25,
+        sigma: float | list[float] = 0.25,
         n0: int = 100,
         n: int = 100_000,
         alpha: float = 0.001,
         batch_size: int = 1000,
         seed: int = 0,
         noise_block: int = NOISE_BLOCK,
+        p0: float = 0.5,
     ):
         super().__init__()
-        self.sigma = check_sigma(sigma)
+        self.multiscale = isinstance(sigma, list | tuple)
+        self.sigmas = _check_sigmas(sigma) if self.multiscale else (check_sigma(sigma),)
+        self.p0 = _check_p0(p0)
         self.n0, self.n = check_count(n0, "n0"), check_count(n, "n")
         self.alpha = check_alpha(alpha)
         self.num_classes = check_num_classes(num_classes)
         self.classifier = classifier
         self.denoiser = denoiser
         if denoiser is not None:
-            self.base_classifier = DenoiseAndClassify(denoiser, classifier, self.sigma)
-            # fail now, not hours into a run, if the denoiser's schedule cannot reach σ
+            self.base_classifier = DenoiseAndClassify(denoiser, classifier)
+            # fail now, not hours into a run, if the denoiser's schedule cannot reach a σ
             if hasattr(denoiser, "timestep_for_sigma"):
-                denoiser.timestep_for_sigma(self.sigma)
+                for s in self.sigmas:
+                    denoiser.timestep_for_sigma(s)
         else:
-            self.base_classifier = classifier
-        self.engine = SmoothingEngine(
-            self.base_classifier,
-            self.num_classes,
-            self.sigma,
-            seed=seed,
-            batch_size=batch_size,
-            noise_block=noise_block,
-        )
+            self.base_classifier = _IgnoreSigma(classifier)
+        options = dict(seed=seed, batch_size=batch_size, noise_block=noise_block)
+        if self.multiscale:
+            self.engine = MultiScaleEngine(
+                self.base_classifier, self.num_classes, self.sigmas, self.p0, **options
+            )
+            per_level = [f"{name}@{s:g}" for s in self.sigmas for name in ("c", "nA", "pL", "pU")]
+            self.extra_columns = ("level", "sigma", "stage", "n0", "n", "p0", *per_level)
+        else:
+            sigma = self.sigmas[0]
+            self.engine = SmoothingEngine(
+                lambda x: self.base_classifier(x, sigma), self.num_classes, sigma, **options
+            )
+            self.extra_columns = ("sigma", "n0", "n", "nA", "pA_lower")
         self.skip_indices: set[int] = (
             set()
         )  # finished images of an earlier, interrupted run (set by the writer)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base_classifier(x)
+    def forward(self, x_noisy: torch.Tensor, sigma: float) -> torch.Tensor:
+        return self.base_classifier(x_noisy, sigma)
 
     def predict_step(self, batch, batch_idx: int) -> list[dict]:
         images, labels, indices = batch
@@ -92,8 +102,41 @@ class CertifyModule(LightningModule):
         start = time.perf_counter()
         certificates = self.engine.certify(images, indices, self.n0, self.n, self.alpha)
         seconds = (time.perf_counter() - start) / len(todo)  # images of a step share forwards: split evenly
-        return [
-            dict(idx=i, label=y, predict=c.prediction, radius=c.radius, seconds=seconds, sigma=self.sigma,
-                 n0=self.n0, n=self.n, nA=c.n_a, pA_lower=c.p_lower)
-            for i, y, c in zip(indices, labels, certificates)
-        ]  # fmt: skip
+        rows = []
+        for i, y, c in zip(indices, labels, certificates):
+            row = dict(
+                idx=i, label=y, predict=c.prediction, radius=c.radius, seconds=seconds, n0=self.n0, n=self.n
+            )
+            if self.multiscale:
+                row.update(level=c.level, sigma=c.sigma if c.level >= 0 else 0.0, stage=c.stage, p0=self.p0)
+                visited = {r.sigma: r for r in c.levels}
+                for s in self.sigmas:
+                    r = visited.get(s)
+                    row.update({f"c@{s:g}": r.selected if r else "", f"nA@{s:g}": r.n_a if r else "",
+                                f"pL@{s:g}": r.p_lower if r else "", f"pU@{s:g}": r.p_upper if r else ""})  # fmt: skip
+            else:
+                row.update(sigma=self.sigmas[0], nA=c.n_a, pA_lower=c.p_lower)
+            rows.append(row)
+        return rows
+
+
+class _AtSigma(torch.nn.Module):
+    """``f(x_noisy)`` = ``base(x_noisy, sigma)`` at a fixed σ (the single-level engine's base classifier)."""
+
+    def __init__(self, base: torch.nn.Module, sigma: float):
+        super().__init__()
+        self.base, self.sigma = base, sigma
+
+    def forward(self, x_noisy: torch.Tensor) -> torch.Tensor:
+        return self.base(x_noisy, self.sigma)
+
+
+class _IgnoreSigma(torch.nn.Module):
+    """Plain Gaussian smoothing: the classifier sees x + δ directly, whatever σ."""
+
+    def __init__(self, classifier: torch.nn.Module):
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, x_noisy: torch.Tensor, sigma: float | None = None) -> torch.Tensor:
+        return self.classifier(x_noisy)

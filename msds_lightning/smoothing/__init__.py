@@ -2,6 +2,7 @@
 
 * :class:`Smooth` — Cohen et al.'s CERTIFY/PREDICT, same random stream as locuslab/smoothing.
 * :class:`SmoothingEngine` — batched, per-image-seeded certification for throughput and distributed runs.
+* :class:`MultiScaleSmooth` / :class:`MultiScaleEngine` — cascaded smoothing over several σ (MSDS).
 * Clopper–Pearson bounds and the Gaussian radius in :mod:`.bounds`.
 
 Units: images are [C,H,W] (or [B,C,H,W]) tensors with pixels in [0,1]; σ and radii are l2 distances in
@@ -17,6 +18,13 @@ from .bounds import (
 )
 from .core import ABSTAIN, Certificate, Smooth, decide, predict_from_counts
 from .engine import ESTIMATION, NOISE_BLOCK, PREDICTION, SELECTION, SmoothingEngine, noise_seed, sample_counts
+from .multiscale import (
+    MultiScaleCertificate,
+    MultiScaleEngine,
+    MultiScaleSmooth,
+    off_class_upper_bound,
+    pooled_categories,
+)
 
 __all__ = [
     "ABSTAIN",
@@ -25,6 +33,9 @@ __all__ = [
     "NOISE_BLOCK",
     "PREDICTION",
     "SELECTION",
+    "MultiScaleCertificate",
+    "MultiScaleEngine",
+    "MultiScaleSmooth",
     "Smooth",
     "SmoothingEngine",
     "binomial_test_pvalue",
@@ -34,6 +45,8 @@ __all__ = [
     "decide",
     "gaussian_radius",
     "noise_seed",
+    "off_class_upper_bound",
+    "pooled_categories",
     "predict_from_counts",
     "sample_counts",
 ]

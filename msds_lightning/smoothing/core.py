@@ -117,18 +117,25 @@ class Smooth:
         return predict_from_counts(counts, alpha)
 
     def _sample_noise(self, x: torch.Tensor, num: int, batch_size: int) -> np.ndarray:
-        """Class counts of f(x + δ) over ``num`` noise draws, in batches of ``min(batch_size, remaining)``."""
-        counts = torch.zeros(self.num_classes, dtype=torch.long, device=x.device)
-        remaining = num
-        with torch.no_grad():
-            while remaining > 0:
-                this_batch = min(batch_size, remaining)
-                remaining -= this_batch
-                batch = x.repeat((this_batch, 1, 1, 1))
-                noise = torch.randn_like(batch) * self.sigma
-                predictions = predicted_labels(self.base_classifier, batch + noise, self.num_classes)
-                counts += torch.bincount(predictions, minlength=self.num_classes)
-        return counts.cpu().numpy()  # one host sync per call
+        return reference_counts(self.base_classifier, x, num, self.sigma, self.num_classes, batch_size)
+
+
+def reference_counts(
+    base_classifier, x: torch.Tensor, num: int, sigma: float, num_classes: int, batch_size: int
+) -> np.ndarray:
+    """Class counts of f(x + δ) over ``num`` draws from the global generator of x's device, in batches of
+    ``min(batch_size, remaining)`` copies of x: the reference's random stream."""
+    counts = torch.zeros(num_classes, dtype=torch.long, device=x.device)
+    remaining = num
+    with torch.no_grad():
+        while remaining > 0:
+            this_batch = min(batch_size, remaining)
+            remaining -= this_batch
+            batch = x.repeat((this_batch, 1, 1, 1))
+            noise = torch.randn_like(batch) * sigma
+            labels = predicted_labels(base_classifier, batch + noise, num_classes)
+            counts += torch.bincount(labels, minlength=num_classes)
+    return counts.cpu().numpy()  # one host sync per call
 
 
 def predicted_labels(base_classifier, noisy: torch.Tensor, num_classes: int) -> torch.Tensor:

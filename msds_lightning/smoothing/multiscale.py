@@ -1,0 +1,312 @@
+"""Multi-scale (cascaded) randomized smoothing (Jeong & Shin, NeurIPS 2023).
+
+Several noise levels σ_1 > σ_2 > … share one base classifier ``f(x_noisy, σ)`` (for diffusion denoised
+smoothing: denoise at the timestep of σ, then classify). The cascade visits levels from the highest σ
+down and answers at the first level that is confidently above ``p0``:
+
+=====================================  ======================================================
+stage s (σ_s, α_s = α/(s+1))            interval [pL, pU] of ĉ's probability (coverage 1 − 2α_s)
+=====================================  ======================================================
+pL >= p0                                answer ĉ here; radius R = σ_s(Φ⁻¹(pL) − Φ⁻¹(p0)), lowered
+                                        to min_j σ_j(Φ⁻¹(p0) − Φ⁻¹(pB_j)) over higher levels j
+pU >= p0 > pL                           abstain (undecided; never go lower from here)
+pU < p0                                 go to the next lower σ
+no level left, or R < 0                 abstain
+=====================================  ======================================================
+
+pB_j bounds from above the probability of every class other than ĉ at the higher level j (which fell
+below p0), from that level's estimation counts: within R no higher level can switch on with another
+class. The bounds used by the answer — one lower bound and s upper bounds, each at α_s — fail together
+with probability at most α (union bound).
+
+Deviation from the official code (jh-jeong/smoothing-multiscale): when at most two categories remain
+after pooling, the official code bounds that level's *own* top class ĉ_j, which is the right bound only
+when ĉ_j = ĉ. We bound the classes other than ĉ: pB_j = 1 − (Clopper–Pearson lower bound of ĉ's count at
+level j, at α_s).
+
+Units: x is [C,H,W] with pixels in [0,1]; σ and radii are l2 distances in [0,1] pixel units.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from scipy.stats import norm
+from statsmodels.stats.proportion import multinomial_proportions_confint
+
+from .bounds import clopper_pearson_interval, clopper_pearson_lower
+from .checks import check_alpha, check_count, check_images, check_num_classes, check_sigma
+from .core import ABSTAIN, reference_counts
+from .engine import ESTIMATION, NOISE_BLOCK, PREDICTION, SELECTION, SmoothingEngine, _eval, sample_counts
+
+MIN_CATEGORY = 5  # classes with fewer samples are pooled before the Goodman intervals (as the official code)
+
+
+def pooled_categories(counts: np.ndarray, c: int, min_count: int = MIN_CATEGORY) -> list[int]:
+    """Categories for the simultaneous off-class bound: ``[counts[c]]`` followed by the other classes
+    sorted by count (descending); a class with >= ``min_count`` samples is its own category, rarer ones
+    are pooled into a bin that becomes a category once it holds >= ``min_count``; a remainder joins the
+    last category. Pooling is conservative: a pooled category's bound bounds each of its classes."""
+    counts = np.asarray(counts, dtype=np.int64)
+    others = sorted((int(v) for k, v in enumerate(counts) if k != c), reverse=True)
+    categories, pool = [int(counts[c])], 0
+    for value in others:
+        if value >= min_count:
+            categories.append(value)
+            continue
+        pool += value
+        if pool >= min_count:
+            categories.append(pool)
+            pool = 0
+    categories[-1] += pool
+    return categories
+
+
+def off_class_upper_bound(counts: np.ndarray, c: int, alpha: float) -> float:
+    """Upper bound, holding with probability >= 1 − α, on the largest probability of any class != c.
+
+    Goodman simultaneous intervals (statsmodels, at ``2α`` as the official code) on the pooled
+    categories when there are three or more; otherwise 1 − (Clopper–Pearson lower bound of c at α).
+    """
+    categories = pooled_categories(counts, c)
+    if len(categories) <= 2:
+        return 1.0 - clopper_pearson_lower(int(np.asarray(counts)[c]), int(np.sum(counts)), alpha)
+    intervals = multinomial_proportions_confint(categories, alpha=2 * alpha, method="goodman")
+    return float(np.max(intervals[1:, 1]))
+
+
+@dataclass(frozen=True)
+class LevelRecord:
+    """What one visited level measured: selected class, its estimation count and interval."""
+
+    sigma: float
+    selected: int
+    n_a: int
+    p_lower: float
+    p_upper: float
+    counts: tuple[int, ...] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class MultiScaleCertificate:
+    """``prediction`` (class or ABSTAIN), ``radius`` ([0,1] pixel units, 0.0 on abstain), ``level`` (index
+    in the cascade, 0 = highest σ, of the level that answered; -1 on abstain), ``stage`` (last level
+    visited) and the per-level records."""
+
+    prediction: int
+    radius: float
+    level: int
+    stage: int
+    sigma: float
+    levels: tuple[LevelRecord, ...]
+
+    @property
+    def abstained(self) -> bool:
+        return self.prediction == ABSTAIN
+
+
+def _check_sigmas(sigmas: Sequence[float]) -> tuple[float, ...]:
+    if isinstance(sigmas, int | float):
+        sigmas = [sigmas]
+    sigmas = [check_sigma(s, "sigmas") for s in sigmas]
+    if not sigmas or len(set(sigmas)) != len(sigmas):
+        raise ValueError(f"sigmas must be a non-empty list of distinct noise levels, got {sigmas}")
+    return tuple(sorted(sigmas, reverse=True))  # the cascade visits the highest σ first
+
+
+def _check_p0(p0: float) -> float:
+    if not 0 < p0 < 1:
+        raise ValueError(f"p0 must satisfy 0 < p0 < 1 (threshold on the top-class probability), got {p0!r}")
+    return float(p0)
+
+
+def cascade_decision(
+    stage: int,
+    sigma: float,
+    counts_selection: np.ndarray,
+    counts: np.ndarray,
+    alpha: float,
+    p0: float,
+    passed: Sequence[LevelRecord],
+) -> tuple[str, MultiScaleCertificate | None, LevelRecord]:
+    """Decide one level from its counts: ``("answer", certificate)``, ``("abstain", certificate)`` or
+    ``("lower", None)``; ``passed`` are the records of the higher levels already passed."""  # fmt: skip
+    alpha_s = alpha / (stage + 1)
+    n = int(np.sum(counts))
+    selected = int(np.argmax(counts_selection))  # first maximum: ties go to the lowest class
+    n_a = int(counts[selected])
+    p_lower, p_upper = clopper_pearson_interval(n_a, n, alpha_s)
+    record = LevelRecord(sigma, selected, n_a, p_lower, p_upper, tuple(int(v) for v in counts))
+    history = (*passed, record)
+    if p_lower >= p0:
+        radius = sigma * (norm.ppf(p_lower) - norm.ppf(p0))
+        for higher in passed:
+            p_other = off_class_upper_bound(np.asarray(higher.counts), selected, alpha_s)
+            radius = min(radius, higher.sigma * (norm.ppf(p0) - norm.ppf(p_other)))
+        if radius < 0:
+            return "abstain", MultiScaleCertificate(ABSTAIN, 0.0, -1, stage, sigma, history), record
+        return "answer", MultiScaleCertificate(selected, float(radius), stage, stage, sigma, history), record
+    if p_upper >= p0:
+        return "abstain", MultiScaleCertificate(ABSTAIN, 0.0, -1, stage, sigma, history), record
+    return "lower", None, record
+
+
+class MultiScaleSmooth:
+    """Cascaded smoothing over several σ with one base classifier (reference stream, one image at a time).
+
+    :param base_classifier: ``f(x_noisy, sigma) -> logits [B, num_classes]``, x_noisy in [0,1] pixel units
+    :param num_classes: number of classes (>= 2)
+    :param sigmas: noise levels in [0,1] pixel units, any order (visited from the highest)
+    :param p0: threshold on the top-class probability (0.5 in the paper)
+
+    Random stream: at each level, n0 selection then n estimation draws exactly like ``Smooth.certify``
+    (global generator, batches of ``min(batch_size, remaining)`` copies), so a one-level cascade with
+    p0 = 0.5 returns exactly ``Smooth``'s prediction and radius for the same seed.
+    """
+
+    ABSTAIN = ABSTAIN
+
+    def __init__(self, base_classifier: Callable, num_classes: int, sigmas: Sequence[float], p0: float = 0.5):
+        self.base_classifier = base_classifier
+        self.num_classes = check_num_classes(num_classes)
+        self.sigmas = _check_sigmas(sigmas)
+        self.p0 = _check_p0(p0)
+
+    def certify(
+        self, x: torch.Tensor, n0: int, n: int, alpha: float, batch_size: int
+    ) -> tuple[int, float, int]:
+        """``(prediction, radius, level)``; ABSTAIN with radius 0.0 and level -1 when no level answers."""
+        cert = self.certify_with_details(x, n0, n, alpha, batch_size)
+        return cert.prediction, cert.radius, cert.level
+
+    def certify_with_details(
+        self, x: torch.Tensor, n0: int, n: int, alpha: float, batch_size: int
+    ) -> MultiScaleCertificate:
+        check_images(x)
+        n0, n = check_count(n0, "n0"), check_count(n, "n")
+        alpha, batch_size = check_alpha(alpha), check_count(batch_size, "batch_size")
+        _eval(self.base_classifier)
+        passed: list[LevelRecord] = []
+        for stage, sigma in enumerate(self.sigmas):
+            counts_selection = self._sample_noise(x, sigma, n0, batch_size)
+            counts = self._sample_noise(x, sigma, n, batch_size)
+            outcome, cert, record = cascade_decision(
+                stage, sigma, counts_selection, counts, alpha, self.p0, passed
+            )
+            if cert is not None:
+                return cert
+            passed.append(record)
+        return MultiScaleCertificate(ABSTAIN, 0.0, -1, len(self.sigmas) - 1, self.sigmas[-1], tuple(passed))
+
+    def predict(self, x: torch.Tensor, n: int, alpha: float, batch_size: int) -> int:
+        """Top-down prediction without a certificate: at each level, n draws choose ĉ and give its
+        Clopper–Pearson interval at α/(s+1); answer if it lies above p0, go lower if below, else abstain.
+        (ĉ and its interval come from the same draws, as in Cohen's PREDICT.)"""
+        check_images(x)
+        n, alpha, batch_size = check_count(n, "n"), check_alpha(alpha), check_count(batch_size, "batch_size")
+        _eval(self.base_classifier)
+        for stage, sigma in enumerate(self.sigmas):
+            counts = self._sample_noise(x, sigma, n, batch_size)
+            outcome, cert, _ = cascade_decision(stage, sigma, counts, counts, alpha, self.p0, [])
+            if outcome != "lower":
+                return cert.prediction
+        return ABSTAIN
+
+    def _sample_noise(self, x: torch.Tensor, sigma: float, num: int, batch_size: int) -> np.ndarray:
+        return reference_counts(
+            lambda z: self.base_classifier(z, sigma), x, num, sigma, self.num_classes, batch_size
+        )
+
+
+class MultiScaleEngine:
+    """The cascade on the batched engine: many images per forward, per-image noise streams.
+
+    Each level draws its noise with the same keys as :class:`SmoothingEngine` (seed, dataset index, phase,
+    block): common random numbers across levels — level k's counts equal a single-σ engine run at σ_k
+    with the same seed, so cascade rows are directly comparable with single-σ rows. Each level's bound is
+    valid on its own; the union bound over levels needs no independence between them.
+    Images that answer or abstain at a level are not sampled at lower levels.
+    """
+
+    ABSTAIN = ABSTAIN
+
+    def __init__(
+        self,
+        base_classifier: Callable,
+        num_classes: int,
+        sigmas: Sequence[float],
+        p0: float = 0.5,
+        *,
+        seed: int = 0,
+        batch_size: int = 1000,
+        noise_block: int = NOISE_BLOCK,
+    ):
+        self.base_classifier = base_classifier
+        self.num_classes = check_num_classes(num_classes)
+        self.sigmas = _check_sigmas(sigmas)
+        self.p0 = _check_p0(p0)
+        self.seed = check_count(seed, "seed", minimum=0)
+        self.batch_size = check_count(batch_size, "batch_size")
+        self.noise_block = check_count(noise_block, "noise_block")
+
+    def _counts(self, images, indices, num, sigma, phase) -> np.ndarray:
+        return sample_counts(
+            lambda z: self.base_classifier(z, sigma), images, indices, num, sigma, self.num_classes,
+            seed=self.seed, stream=(phase,), batch_size=self.batch_size, noise_block=self.noise_block,
+        ).cpu().numpy()  # fmt: skip
+
+    def certify(
+        self, images: torch.Tensor, indices: Sequence[int], n0: int, n: int, alpha: float
+    ) -> list[MultiScaleCertificate]:
+        indices = SmoothingEngine._check(images, indices)
+        n0, n, alpha = check_count(n0, "n0"), check_count(n, "n"), check_alpha(alpha)
+        _eval(self.base_classifier)
+        results: list[MultiScaleCertificate | None] = [None] * len(indices)
+        passed: list[list[LevelRecord]] = [[] for _ in indices]
+        active = list(range(len(indices)))
+        for stage, sigma in enumerate(self.sigmas):
+            if not active:
+                break
+            sub_images, sub_indices = images[active], [indices[k] for k in active]
+            counts_selection = self._counts(sub_images, sub_indices, n0, sigma, SELECTION)
+            counts = self._counts(sub_images, sub_indices, n, sigma, ESTIMATION)
+            still = []
+            for row, k in enumerate(active):
+                outcome, cert, record = cascade_decision(
+                    stage, sigma, counts_selection[row], counts[row], alpha, self.p0, passed[k]
+                )
+                if cert is not None:
+                    results[k] = cert
+                else:
+                    passed[k].append(record)
+                    still.append(k)
+            active = still
+        last = len(self.sigmas) - 1
+        for k in active:
+            results[k] = MultiScaleCertificate(ABSTAIN, 0.0, -1, last, self.sigmas[-1], tuple(passed[k]))
+        return results
+
+    def predict(self, images: torch.Tensor, indices: Sequence[int], n: int, alpha: float) -> list[int]:
+        indices = SmoothingEngine._check(images, indices)
+        n, alpha = check_count(n, "n"), check_alpha(alpha)
+        _eval(self.base_classifier)
+        answers = [ABSTAIN] * len(indices)
+        active = list(range(len(indices)))
+        for stage, sigma in enumerate(self.sigmas):
+            if not active:
+                break
+            counts = self._counts(images[active], [indices[k] for k in active], n, sigma, PREDICTION)
+            still = []
+            for row, k in enumerate(active):
+                outcome, cert, _ = cascade_decision(
+                    stage, sigma, counts[row], counts[row], alpha, self.p0, []
+                )
+                if outcome == "lower":
+                    still.append(k)
+                else:
+                    answers[k] = cert.prediction
+            active = still
+        return answers
