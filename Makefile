@@ -6,7 +6,7 @@ PYTHON := $(BIN)/python
 MSDS   := $(BIN)/msds
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-full lint format analyze certify clean
+.PHONY: help install test test-full lint format analyze certify finetune pretrain-denoiser train-classifier clean
 
 help: ## show this help
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -39,6 +39,18 @@ analyze: ## tabulate results: make analyze RESULTS="outputs/a.tsv outputs/b.tsv"
 certify: ## certify with a config: make certify CONFIG=configs/cifar10/certify_dds.yaml [ARGS="--model.n 1000"]
 	@test -n "$(CONFIG)" || { echo "usage: make certify CONFIG=configs/<dataset>/certify_<method>.yaml [ARGS=...]"; exit 2; }
 	$(MSDS) certify -c $(CONFIG) $(ARGS)
+
+finetune: ## MSDS fine-tuning of a denoiser: make finetune CONFIG=configs/cifar10/finetune_msds.yaml [ARGS=...]
+	@test -n "$(CONFIG)" || { echo "usage: make finetune CONFIG=configs/<dataset>/finetune_msds.yaml [ARGS=...]"; exit 2; }
+	$(MSDS) finetune -c $(CONFIG) $(ARGS)
+
+pretrain-denoiser: ## DDPM pre-training: make pretrain-denoiser CONFIG=configs/cifar10/pretrain_denoiser.yaml
+	@test -n "$(CONFIG)" || { echo "usage: make pretrain-denoiser CONFIG=... [ARGS=...]"; exit 2; }
+	$(MSDS) pretrain-denoiser -c $(CONFIG) $(ARGS)
+
+train-classifier: ## classifier training: make train-classifier CONFIG=configs/cifar10/train_classifier.yaml
+	@test -n "$(CONFIG)" || { echo "usage: make train-classifier CONFIG=... [ARGS=...]"; exit 2; }
+	$(MSDS) train-classifier -c $(CONFIG) $(ARGS)
 
 clean: ## remove caches (keeps .venv and outputs/)
 	rm -rf .pytest_cache .ruff_cache build *.egg-info

@@ -5,6 +5,8 @@
 ``msds certify -c CONFIG.yaml [--section.key value ...] [--print_config]``
     certify a data set with a (denoised-)smoothed classifier (LightningCLI: ``trainer``, ``model``,
     ``data`` and ``results`` sections).
+``msds finetune | pretrain-denoiser | train-classifier -c CONFIG.yaml [--ckpt_path PATH|last]``
+    train (LightningCLI ``fit``: ``trainer``, ``model``, ``data`` sections).
 
 Each argparse sub-command registers itself in ``COMMANDS`` (name → (help, add_arguments, run)); the
 Lightning ones in ``LIGHTNING_COMMANDS`` take the rest of the command line as LightningCLI arguments.
@@ -13,6 +15,7 @@ Lightning ones in ``LIGHTNING_COMMANDS`` take the rest of the command line as Li
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -63,33 +66,40 @@ def _analyze(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_certify(argv: Sequence[str]) -> int:
-    """``msds certify``: LightningCLI over :class:`CertifyModule`, any data module, and the result writer."""
+def _lightning_cli(model_class, argv: Sequence[str], prog: str, add_arguments=None, **kwargs):
+    """A LightningCLI over ``model_class`` and any data module (``data: class_path: ...``), not run."""
     from lightning.pytorch import LightningDataModule
     from lightning.pytorch.cli import LightningCLI
 
-    from .callbacks import CertificationWriter
-    from .modules import CertifyModule
-
-    class CertifyCLI(LightningCLI):
+    class CLI(LightningCLI):
         def add_arguments_to_parser(self, parser) -> None:
-            parser.add_lightning_class_args(CertificationWriter, "results")
-            parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+            if "num_classes" in inspect.signature(model_class).parameters:
+                parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+            if add_arguments:
+                add_arguments(parser)
 
     # LightningCLI reads sys.argv; give it ours for parsing, then restore the real one, which DDP's
     # launcher re-executes to start the other ranks.
-    real_argv, sys.argv = sys.argv, ["msds certify", *argv]
+    real_argv, sys.argv = sys.argv, [prog, *argv]
     try:
-        cli = CertifyCLI(
-            CertifyModule,
-            LightningDataModule,
-            subclass_mode_data=True,
-            run=False,
-            save_config_callback=None,
-            trainer_defaults={"logger": False, "enable_checkpointing": False, "enable_model_summary": False},
-        )
+        return CLI(model_class, LightningDataModule, subclass_mode_data=True, run=False, **kwargs)
     finally:
         sys.argv = real_argv
+
+
+def run_certify(argv: Sequence[str]) -> int:
+    """``msds certify``: :class:`CertifyModule`, any data module, and the result writer (``results``)."""
+    from .callbacks import CertificationWriter
+    from .modules import CertifyModule
+
+    cli = _lightning_cli(
+        CertifyModule,
+        argv,
+        "msds certify",
+        add_arguments=lambda parser: parser.add_lightning_class_args(CertificationWriter, "results"),
+        save_config_callback=None,
+        trainer_defaults={"logger": False, "enable_checkpointing": False, "enable_model_summary": False},
+    )
     output = Path(cli.config["results"]["output"])
     if cli.trainer.is_global_zero:  # the resolved config beside the results: a run can be repeated exactly
         output.parent.mkdir(parents=True, exist_ok=True)
@@ -98,10 +108,46 @@ def run_certify(argv: Sequence[str]) -> int:
     return 0
 
 
+def _fit_command(module_path: str, prog: str) -> Callable[[Sequence[str]], int]:
+    """A training command: ``fit`` of the module at ``module_path``; ``--ckpt_path`` resumes
+    (a path, or ``last`` for the newest checkpoint of the run's ModelCheckpoint)."""
+
+    def run(argv: Sequence[str]) -> int:
+        import importlib
+
+        module_name, _, class_name = module_path.rpartition(".")
+        model_class = getattr(importlib.import_module(module_name), class_name)
+        cli = _lightning_cli(
+            model_class,
+            argv,
+            prog,
+            add_arguments=lambda parser: parser.add_argument(
+                "--ckpt_path", type=str | None, default=None, help="checkpoint to resume from, or 'last'"
+            ),
+            save_config_kwargs={"overwrite": True},  # a resumed or requeued run rewrites the same config
+        )
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.get("ckpt_path"))
+        return 0
+
+    return run
+
+
 LIGHTNING_COMMANDS: dict[str, tuple[str, Callable[[Sequence[str]], int]]] = {
     "certify": (
         "certify a data set with a (denoised-)smoothed classifier (LightningCLI config)",
         run_certify,
+    ),
+    "finetune": (
+        "MSDS fine-tuning of a diffusion denoiser with the classifier frozen",
+        _fit_command("msds_lightning.modules.DenoiserFinetuneModule", "msds finetune"),
+    ),
+    "pretrain-denoiser": (
+        "DDPM pre-training of a diffusion denoiser (diffusers UNet2DModel)",
+        _fit_command("msds_lightning.modules.DenoiserPretrainModule", "msds pretrain-denoiser"),
+    ),
+    "train-classifier": (
+        "train a timm classifier (optionally with Gaussian noise augmentation)",
+        _fit_command("msds_lightning.modules.ClassifierModule", "msds train-classifier"),
     ),
 }
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,16 @@ UNET_CONFIG_NAME = "config.json"
 SCHEDULER_CONFIG_NAME = "scheduler_config.json"
 
 _PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+
+
+@dataclass
+class DenoiseStep:
+    """Tensors of one denoising call: ``x0`` in [0, 1]; ``x_t``, ``model_output`` in model units; ``t`` [B]."""
+
+    x0: torch.Tensor
+    x_t: torch.Tensor
+    t: torch.Tensor
+    model_output: torch.Tensor
 
 
 class DiffusionDenoiser(nn.Module):
@@ -149,6 +160,49 @@ class DiffusionDenoiser(nn.Module):
     # Denoising
     # ------------------------------------------------------------------------------------------------
 
+    def denoise_step(self, x_noisy: torch.Tensor, sigma: float | torch.Tensor) -> DenoiseStep:
+        """:meth:`forward` keeping the intermediate tensors that training needs (one UNet call).
+
+        Returns the denoised image ``x0`` in [0, 1], the diffusion state ``x_t`` (model units), the
+        timesteps ``t`` [B] and the UNet's ``model_output`` (its first ``in_channels`` channels).
+        """
+        self._check_input(x_noisy)
+        t = self._timesteps(sigma, x_noisy.shape[0], x_noisy.device)
+        x_t = self._gather(self.sqrt_alphas_cumprod, t, x_noisy) * (2.0 * x_noisy - 1.0)
+        output = self.model_output(x_t, t)
+        x0 = self._x0_from_output(x_t, t, output).clamp(-1.0, 1.0)
+        return DenoiseStep(x0=(x0 + 1.0) / 2.0, x_t=x_t, t=t, model_output=output)
+
+    def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """What the UNet should output for ``x_t = sqrt(ᾱ_t)·x0 + sqrt(1-ᾱ_t)·noise`` (x0 in [-1, 1]):
+        ``noise`` for ε-prediction, ``x0`` for sample prediction, ``v`` for v-prediction."""
+        if self.prediction_type == "epsilon":
+            return noise
+        if self.prediction_type == "sample":
+            return x0
+        return (
+            self._gather(self.sqrt_alphas_cumprod, t, x0) * noise
+            - self._gather(self.sqrt_one_minus_alphas_cumprod, t, x0) * x0
+        )
+
+    def diffusion_loss(
+        self, x: torch.Tensor, t: torch.Tensor | None = None, noise: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Per-sample DDPM training loss (mean squared error of the UNet's prediction), for images ``x``
+        [B, C, H, W] in [0, 1]; ``t`` defaults to uniform timesteps, ``noise`` to N(0, I)."""
+        self._check_input(x)
+        x0 = 2.0 * x - 1.0
+        if t is None:
+            t = torch.randint(0, self.num_train_timesteps, (x.shape[0],), device=x.device)
+        if noise is None:
+            noise = torch.randn_like(x0)
+        x_t = (
+            self._gather(self.sqrt_alphas_cumprod, t, x0) * x0
+            + self._gather(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
+        )
+        error = self.model_output(x_t, t) - self.target(x0, noise, t)
+        return error.pow(2).flatten(1).mean(1)
+
     def forward(self, x_noisy: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
         """Estimate the clean image from ``x_noisy = x + δ``.
 
@@ -161,12 +215,7 @@ class DiffusionDenoiser(nn.Module):
         Returns:
             [B, C, H, W] denoised image in [0, 1]. Not wrapped in ``no_grad``: gradients reach the UNet.
         """
-        self._check_input(x_noisy)
-        t = self._timesteps(sigma, x_noisy.shape[0], x_noisy.device)
-        sqrt_alpha = self._gather(self.sqrt_alphas_cumprod, t, x_noisy)
-        x_t = sqrt_alpha * (2.0 * x_noisy - 1.0)
-        x0 = self.predict_x0(x_t, t, clip=True)
-        return (x0 + 1.0) / 2.0
+        return self.denoise_step(x_noisy, sigma).x0
 
     def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, clip: bool = True) -> torch.Tensor:
         """One UNet call: estimate ``x₀`` in [-1, 1] from the diffusion state ``x_t`` at timesteps ``t``.
@@ -176,7 +225,10 @@ class DiffusionDenoiser(nn.Module):
             t: int64 tensor of shape [B] (0-based schedule indices).
             clip: clamp the estimate to [-1, 1] (as improved/guided-diffusion's ``clip_denoised``).
         """
-        model_output = self._run_unet(x_t, t)
+        x0 = self._x0_from_output(x_t, t, self.model_output(x_t, t))
+        return x0.clamp(-1.0, 1.0) if clip else x0
+
+    def _x0_from_output(self, x_t: torch.Tensor, t: torch.Tensor, model_output: torch.Tensor) -> torch.Tensor:
         sqrt_alpha = self._gather(self.sqrt_alphas_cumprod, t, x_t)
         sqrt_one_minus_alpha = self._gather(self.sqrt_one_minus_alphas_cumprod, t, x_t)
         if self.prediction_type == "epsilon":
@@ -185,9 +237,9 @@ class DiffusionDenoiser(nn.Module):
             x0 = model_output
         else:  # v_prediction: v = sqrt(ᾱ)·ε - sqrt(1-ᾱ)·x₀
             x0 = sqrt_alpha * x_t - sqrt_one_minus_alpha * model_output
-        return x0.clamp(-1.0, 1.0) if clip else x0
+        return x0
 
-    def _run_unet(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def model_output(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """UNet prediction (its first ``in_channels`` channels) for ``x_t``, in ``x_t``'s dtype."""
         # Always a float tensor: diffusers turns a Python float timestep into int64 and would drop the .5 of
         # a rescaled timestep such as 289.5.
@@ -255,7 +307,11 @@ class DiffusionDenoiser(nn.Module):
 
     @classmethod
     def from_config(
-        cls, unet: dict[str, Any], scheduler: dict[str, Any], **options: Any
+        cls,
+        unet: dict[str, Any],
+        scheduler: dict[str, Any],
+        rescale_timesteps: bool = False,
+        pad_to: int | None = None,
     ) -> DiffusionDenoiser:
         """Build a randomly initialised denoiser from plain dicts (e.g. from a YAML config).
 
@@ -263,13 +319,13 @@ class DiffusionDenoiser(nn.Module):
             unet: ``UNet2DModel`` keyword arguments (lists are fine where diffusers expects tuples).
             scheduler: ``DDPMScheduler`` keyword arguments, e.g.
                 ``{"num_train_timesteps": 4000, "beta_schedule": "squaredcos_cap_v2"}``.
-            **options: ``rescale_timesteps``, ``pad_to``.
+            rescale_timesteps, pad_to: as in the constructor.
 
         Unknown keys raise ``TypeError`` (keys starting with ``_``, as in saved diffusers configs, are ignored).
         """
         unet_model = UNet2DModel(**_public_keys(unet))
         noise_scheduler = DDPMScheduler(**_public_keys(scheduler))
-        return cls(unet_model, noise_scheduler, **options)
+        return cls(unet_model, noise_scheduler, rescale_timesteps=rescale_timesteps, pad_to=pad_to)
 
     @classmethod
     def from_pretrained(

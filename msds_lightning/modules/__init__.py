@@ -1,5 +1,8 @@
 """Lightning modules: they orchestrate; the networks live in :mod:`msds_lightning.models`."""
 
 from .certify import CertifyModule
+from .classifier_train import ClassifierModule
+from .denoiser_pretrain import DenoiserPretrainModule
+from .finetune import DenoiserFinetuneModule
 
-__all__ = ["CertifyModule"]
+__all__ = ["CertifyModule", "ClassifierModule", "DenoiserFinetuneModule", "DenoiserPretrainModule"]

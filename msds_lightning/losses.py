@@ -1,0 +1,60 @@
+"""Loss terms of MSDS diffusion fine-tuning ("consistent where recoverable, diverse where not").
+
+The public sources of Jeong & Shin (NeurIPS 2023) name the two terms — a Brier loss and an
+anti-consistency loss — but not their formulas or weights (see ../shared/research/msds.md §3.2). This
+module is *our specification*; every term and weight is configurable.
+
+Shapes: ``probs`` [B, M, K] are the frozen classifier's softmax outputs on M denoised noisy copies of each
+of B images; ``labels`` [B] the true classes. Every function returns a per-image loss [B].
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def majority_vote(predictions: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Most frequent class along the last dim of integer ``predictions`` [B, M]; ties go to the lowest class."""
+    counts = F.one_hot(predictions, num_classes).sum(dim=-2)
+    return counts.argmax(dim=-1)  # argmax returns the first maximum
+
+
+def brier_loss(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """mean_i ‖p_i − onehot(y)‖²: pushes every copy to the true class with confidence (consistency)."""
+    target = F.one_hot(labels, probs.shape[-1]).to(probs.dtype).unsqueeze(1)
+    return (probs - target).pow(2).sum(-1).mean(-1)
+
+
+def anti_consistency_loss(
+    probs: torch.Tensor, labels: torch.Tensor, include_true_class: bool = False
+) -> torch.Tensor:
+    """Σ_{c≠y} p̄_c² with p̄ = mean_i p_i: large when the copies agree on a *wrong* class, so minimising it
+    spreads them out (diversity) instead of letting the smoothed classifier be confidently wrong.
+    ``include_true_class`` gives ‖p̄‖² (all classes)."""
+    mean = probs.mean(dim=1)
+    if not include_true_class:
+        mean = mean * (1.0 - F.one_hot(labels, probs.shape[-1]).to(mean.dtype))
+    return mean.pow(2).sum(-1)
+
+
+def msds_loss(
+    probs: torch.Tensor,
+    labels: torch.Tensor,
+    recoverable: torch.Tensor,
+    diffusion_mse: torch.Tensor,
+    lambda_ac: float = 1.0,
+    lambda_dm: float = 1.0,
+    include_true_class: bool = False,
+) -> dict[str, torch.Tensor]:
+    """Per-image MSDS objective r·Brier + λ_ac·(1 − r)·AC + λ_dm·ε-MSE and its parts (each [B]).
+
+    ``recoverable`` [B] is 1 where the image counts as recoverable (decided without gradient, e.g. the
+    majority vote of the copies equals the label) and 0 elsewhere; ``diffusion_mse`` [B] is the ordinary
+    diffusion loss of the same UNet calls.
+    """
+    r = recoverable.to(probs.dtype)
+    brier = brier_loss(probs, labels)
+    ac = anti_consistency_loss(probs, labels, include_true_class)
+    total = r * brier + lambda_ac * (1.0 - r) * ac + lambda_dm * diffusion_mse
+    return {"loss": total, "brier": brier, "anti_consistency": ac, "diffusion_mse": diffusion_mse}

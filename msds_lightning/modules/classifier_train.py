@@ -1,0 +1,99 @@
+"""Classifier training for smoothing: cross-entropy (label smoothing optional) on clean or Gaussian-noised
+inputs (Cohen et al. train the base classifier with the noise it will be smoothed with)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+from safetensors.torch import save_file
+from torchmetrics.classification import MulticlassAccuracy
+
+from ..models import Classifier
+from ..smoothing.checks import check_num_classes
+from .optim import build_optimizer
+
+
+class ClassifierModule(LightningModule):
+    """:param classifier: a :class:`Classifier` (timm model, [0,1] pixels in, logits out)
+    :param num_classes: number of classes
+    :param noise_sigma: std (in [0,1] pixel units) of Gaussian noise added to training inputs; 0 = clean
+    :param label_smoothing: cross-entropy label smoothing
+    :param optimizer, lr, weight_decay, momentum, warmup_steps, schedule: optimisation
+    :param export_path: at the end of training, write the timm model's weights (safetensors) here; load
+        them with ``Classifier(model_name, num_classes, checkpoint=export_path)``. With the
+        ``EMAWeightAveraging`` callback these are the EMA weights.
+    """
+
+    def __init__(
+        self,
+        classifier: torch.nn.Module,
+        num_classes: int = 10,
+        noise_sigma: float = 0.0,
+        label_smoothing: float = 0.0,
+        optimizer: str = "sgd",
+        lr: float = 0.1,
+        weight_decay: float = 5e-4,
+        momentum: float = 0.9,
+        warmup_steps: int = 0,
+        schedule: str = "cosine",
+        export_path: str | None = None,
+    ):
+        super().__init__()
+        if noise_sigma < 0:
+            raise ValueError(f"noise_sigma must be >= 0 ([0,1] pixel units), got {noise_sigma}")
+        if not 0 <= label_smoothing < 1:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        self.classifier = classifier
+        self.num_classes = check_num_classes(num_classes)
+        self.noise_sigma, self.label_smoothing = float(noise_sigma), float(label_smoothing)
+        self.optim = dict(optimizer=optimizer, lr=lr, weight_decay=weight_decay, momentum=momentum,
+                          warmup_steps=warmup_steps, schedule=schedule)  # fmt: skip
+        self.export_path = export_path
+        self.train_acc = MulticlassAccuracy(num_classes)
+        self.val_acc = MulticlassAccuracy(num_classes)
+        self.val_noisy_acc = MulticlassAccuracy(num_classes)
+
+    def forward(self, x):
+        return self.classifier(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch[0], batch[1]
+        if self.noise_sigma > 0:
+            x = x + torch.randn_like(x) * self.noise_sigma
+        logits = self.classifier(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+        self.train_acc(logits, y)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch[0], batch[1]
+        logits = self.classifier(x)
+        self.val_acc(logits, y)
+        self.log("val/loss", F.cross_entropy(logits, y), prog_bar=True)
+        self.log("val/acc", self.val_acc, prog_bar=True)
+        if self.noise_sigma > 0:
+            g = torch.Generator(device=x.device).manual_seed(batch_idx)
+            noisy = x + torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype) * self.noise_sigma
+            self.val_noisy_acc(self.classifier(noisy), y)
+            self.log(f"val/acc@sigma{self.noise_sigma:g}", self.val_noisy_acc)
+
+    def configure_optimizers(self):
+        return build_optimizer(self, self.classifier.parameters(), **self.optim)
+
+    def on_train_end(self):
+        if self.export_path:
+            export_classifier(self.classifier, self.export_path)
+
+
+@rank_zero_only
+def export_classifier(classifier: torch.nn.Module, path: str) -> None:
+    net = classifier.model if isinstance(classifier, Classifier) else classifier
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}, path)
+    rank_zero_info(f"classifier weights exported to {path} (Classifier(..., checkpoint=...))")
