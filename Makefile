@@ -6,7 +6,7 @@ PYTHON := $(BIN)/python
 MSDS   := $(BIN)/msds
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-full lint format analyze certify finetune pretrain-denoiser train-classifier clean
+.PHONY: help install test test-full lint format demo analyze certify finetune pretrain-denoiser train-classifier clean
 
 help: ## show this help
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -33,16 +33,17 @@ lint: ## ruff checks
 format: ## ruff format + autofix
 	$(BIN)/ruff format msds_lightning tests bench && $(BIN)/ruff check --fix msds_lightning tests bench
 
+demo: ## the embedded default on scikit-learn digits (CPU, < 10 min): train, fine-tune, certify, report
+	$(MSDS) demo
+
 analyze: ## tabulate results: make analyze RESULTS="outputs/a.tsv outputs/b.tsv" [RADII="0 0.25 0.5"]
 	$(MSDS) analyze $(RESULTS) $(if $(RADII),--radii $(RADII),)
 
-certify: ## certify with a config: make certify CONFIG=configs/cifar10/certify_dds.yaml [ARGS="--model.n 1000"]
-	@test -n "$(CONFIG)" || { echo "usage: make certify CONFIG=configs/<dataset>/certify_<method>.yaml [ARGS=...]"; exit 2; }
-	$(MSDS) certify -c $(CONFIG) $(ARGS)
+certify: ## certify: make certify CONFIG=configs/cifar10/certify_dds.yaml [ARGS=...]; no CONFIG: the digits demo's
+	$(if $(CONFIG),$(MSDS) certify -c $(CONFIG) $(ARGS),$(MSDS) demo --stages certify report)
 
-finetune: ## MSDS fine-tuning of a denoiser: make finetune CONFIG=configs/cifar10/finetune_msds.yaml [ARGS=...]
-	@test -n "$(CONFIG)" || { echo "usage: make finetune CONFIG=configs/<dataset>/finetune_msds.yaml [ARGS=...]"; exit 2; }
-	$(MSDS) finetune -c $(CONFIG) $(ARGS)
+finetune: ## MSDS fine-tuning: make finetune CONFIG=configs/cifar10/finetune_msds.yaml [ARGS=...]; no CONFIG: the demo's
+	$(if $(CONFIG),$(MSDS) finetune -c $(CONFIG) $(ARGS),$(MSDS) demo --stages finetune)
 
 pretrain-denoiser: ## DDPM pre-training: make pretrain-denoiser CONFIG=configs/cifar10/pretrain_denoiser.yaml
 	@test -n "$(CONFIG)" || { echo "usage: make pretrain-denoiser CONFIG=... [ARGS=...]"; exit 2; }

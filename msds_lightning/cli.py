@@ -9,7 +9,7 @@
     train (LightningCLI ``fit``: ``trainer``, ``model``, ``data`` sections).
 
 Each argparse sub-command registers itself in ``COMMANDS`` (name → (help, add_arguments, run)); the
-Lightning ones in ``LIGHTNING_COMMANDS`` take the rest of the command line as LightningCLI arguments.
+delegated ones in ``DELEGATED_COMMANDS`` (LightningCLI commands, ``demo``) take the rest of the command line as LightningCLI arguments.
 """
 
 from __future__ import annotations
@@ -108,6 +108,12 @@ def run_certify(argv: Sequence[str]) -> int:
     return 0
 
 
+def _run_demo(argv: Sequence[str]) -> int:
+    from .demo import main as demo_main
+
+    return demo_main(argv)
+
+
 def _fit_command(module_path: str, prog: str) -> Callable[[Sequence[str]], int]:
     """A training command: ``fit`` of the module at ``module_path``; ``--ckpt_path`` resumes
     (a path, or ``last`` for the newest checkpoint of the run's ModelCheckpoint)."""
@@ -132,7 +138,7 @@ def _fit_command(module_path: str, prog: str) -> Callable[[Sequence[str]], int]:
     return run
 
 
-LIGHTNING_COMMANDS: dict[str, tuple[str, Callable[[Sequence[str]], int]]] = {
+DELEGATED_COMMANDS: dict[str, tuple[str, Callable[[Sequence[str]], int]]] = {
     "certify": (
         "certify a data set with a (denoised-)smoothed classifier (LightningCLI config)",
         run_certify,
@@ -149,6 +155,7 @@ LIGHTNING_COMMANDS: dict[str, tuple[str, Callable[[Sequence[str]], int]]] = {
         "train a timm classifier (optionally with Gaussian noise augmentation)",
         _fit_command("msds_lightning.modules.ClassifierModule", "msds train-classifier"),
     ),
+    "demo": ("the embedded default: the MSDS story on scikit-learn digits in minutes on a CPU", _run_demo),
 }
 
 
@@ -159,16 +166,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help_text, add_arguments, _) in COMMANDS.items():
         add_arguments(sub.add_parser(name, help=help_text, description=help_text))
-    for name, (help_text, _) in LIGHTNING_COMMANDS.items():
+    for name, (help_text, _) in DELEGATED_COMMANDS.items():
         sub.add_parser(name, help=f"{help_text}; `msds {name} --help` for its options", add_help=False)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in LIGHTNING_COMMANDS:
+    if argv and argv[0] in DELEGATED_COMMANDS:
         try:
-            return LIGHTNING_COMMANDS[argv[0]][1](argv[1:])
+            return DELEGATED_COMMANDS[argv[0]][1](argv[1:])
         except (ValueError, OSError) as err:  # bad config values or files: say which, no traceback
             print(f"msds {argv[0]}: error: {err}", file=sys.stderr)
             return 2

@@ -20,6 +20,9 @@ class DenoiserPretrainModule(LightningModule):
     :param denoiser: the :class:`DiffusionDenoiser` to train (built with ``from_config`` for a fresh model)
     :param lr, weight_decay, warmup_steps, schedule: AdamW settings (schedule: "constant" or "cosine")
     :param val_sigmas: σ (in [0,1] pixel units) at which validation reports one-shot denoising PSNR
+    :param train_sigma_max: if set, train only timesteps up to the one of this σ — the noise levels
+        one-shot denoised smoothing uses — instead of the whole schedule (the model is then a denoiser,
+        not a sampler; it is much cheaper to train)
     :param export_dir: at the end of training, ``save_pretrained`` the denoiser here (EMA weights when the
         ``EMAWeightAveraging`` callback is used: it swaps them in before this module's hook runs)
 
@@ -35,6 +38,7 @@ class DenoiserPretrainModule(LightningModule):
         schedule: str = "constant",
         val_sigmas: list[float] = [0.25, 0.5],  # noqa: B006 (jsonargparse needs a concrete default)
         export_dir: str | None = None,
+        train_sigma_max: float | None = None,
     ):
         super().__init__()
         self.denoiser = denoiser
@@ -48,11 +52,19 @@ class DenoiserPretrainModule(LightningModule):
         for s in self.val_sigmas:
             denoiser.timestep_for_sigma(s)  # reject unreachable σ up front
         self.export_dir = export_dir
+        # highest timestep trained (inclusive): the whole schedule, or up to train_sigma_max's timestep
+        self.max_timestep = (
+            denoiser.num_train_timesteps - 1
+            if train_sigma_max is None
+            else denoiser.timestep_for_sigma(train_sigma_max)
+        )
         self.val_loss = MeanMetric()
         self.val_psnr = torch.nn.ModuleList(PeakSignalNoiseRatio(data_range=1.0) for _ in self.val_sigmas)
 
     def training_step(self, batch, batch_idx):
-        loss = self.denoiser.diffusion_loss(batch[0]).mean()
+        x = batch[0]
+        t = torch.randint(0, self.max_timestep + 1, (x.shape[0],), device=x.device)
+        loss = self.denoiser.diffusion_loss(x, t).mean()
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
@@ -60,7 +72,7 @@ class DenoiserPretrainModule(LightningModule):
         x = batch[0]
         # fixed noise per batch: validation numbers are comparable across epochs
         g = torch.Generator(device=x.device).manual_seed(batch_idx)
-        t = torch.randint(0, self.denoiser.num_train_timesteps, (x.shape[0],), generator=g, device=x.device)
+        t = torch.randint(0, self.max_timestep + 1, (x.shape[0],), generator=g, device=x.device)
         noise = torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype)
         self.val_loss.update(self.denoiser.diffusion_loss(x, t, noise))
         for sigma, psnr in zip(self.val_sigmas, self.val_psnr):

@@ -1,0 +1,71 @@
+"""The reduced demo (same code path as `make demo`, few steps and images) produces every artefact."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from msds_lightning.demo import CERTIFY_RUNS, OUT, run_demo
+from msds_lightning.results import read_results
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("demo")
+    text = run_demo(workdir=workdir, quick=True)
+    return workdir, text
+
+
+def test_every_report_artefact(demo):
+    workdir, text = demo
+    out = workdir / OUT
+    for stem, *_ in CERTIFY_RUNS:
+        res = read_results(out / "certify" / f"{stem}.tsv")
+        assert res.idx.tolist() == list(range(24))  # data.max = 24 in quick mode
+    report = (out / "report" / "report.md").read_text()
+    assert report == text and "| cascade {0.125, 0.25, 0.5}, MSDS fine-tuned denoiser |" in report
+    assert "Base classifier, clean test accuracy" in report
+    png = (out / "report" / "certified_accuracy.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    for path in ("denoiser/unet", "denoiser_msds/unet", "classifier.safetensors"):
+        assert (out / path).exists()
+
+
+def test_wandb_offline_runs_hold_the_curves_and_samples(demo):
+    workdir, _ = demo
+    runs = list((workdir / OUT / "logs" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 + len(CERTIFY_RUNS)  # fine-tuning + one per certification
+    tables = [json.loads(p.read_text()) for p in (workdir / OUT / "logs" / "wandb").rglob("*.table.json")]
+    curves = [t for t in tables if t["columns"] == ["radius", "certified_accuracy", "run"]]
+    assert {row[2] for t in curves for row in t["data"]} == {stem for stem, *_ in CERTIFY_RUNS}
+    for t in curves:
+        radius = [row[0] for row in t["data"]]
+        accuracy = [row[1] for row in t["data"]]
+        assert radius[0] == 0.0 and accuracy == sorted(accuracy, reverse=True)  # a curve: non-increasing
+    images = list((workdir / OUT / "logs" / "wandb").rglob("media/images/**/*.png"))
+    assert any("denoised" in str(p) for p in images)
+
+
+def test_csv_logs_hold_the_same_numbers_as_the_report(demo):
+    workdir, _ = demo
+    from msds_lightning.analysis import summarize
+
+    for stem in ("dds_sigma0.125", "msds_finetuned"):
+        metrics = next((workdir / OUT / "logs").glob("certify_*/version_*/metrics.csv"), None)
+        assert metrics is not None
+        rows = [r for p in (workdir / OUT / "logs").glob("certify_*/version_*/metrics.csv")
+                for r in csv.DictReader(p.open())]  # fmt: skip
+        logged = {k: float(v) for r in rows for k, v in r.items() if k.startswith(f"certify/{stem}/") and v}
+        summary = summarize(read_results(workdir / OUT / "certify" / f"{stem}.tsv"), [0.0, 0.5])
+        # the metric sees unrounded radii, the file 3 significant digits: equal away from grid ties
+        assert logged[f"certify/{stem}/acc@0"] == pytest.approx(summary.accuracy[0])
+        assert logged[f"certify/{stem}/acr"] == pytest.approx(summary.acr, abs=2e-3)
+
+
+def test_stages_reuse_existing_models(demo, capsys):
+    workdir, _ = demo
+    run_demo(["report"], workdir=workdir, quick=True)
+    out = capsys.readouterr().out
+    assert "[demo] stage 1/1: report" in out and "[demo] pretrain done" not in out
