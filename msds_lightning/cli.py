@@ -88,18 +88,35 @@ def _lightning_cli(model_class, argv: Sequence[str], prog: str, add_arguments=No
 
 
 def run_certify(argv: Sequence[str]) -> int:
-    """``msds certify``: :class:`CertifyModule`, any data module, and the result writer (``results``)."""
+    """``msds certify``: :class:`CertifyModule`, any data module, and the result writer (``results``).
+
+    Resuming is the writer's job (finished indices are skipped), so under SLURM Lightning's own
+    auto-requeue (which saves and reloads ``hpc_ckpt_*.ckpt``) is turned off, and a run refuses to start
+    where Lightning would silently load such a training checkpoint into the certification model.
+    """
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
     from .callbacks import CertificationWriter
     from .modules import CertifyModule
 
+    defaults = {"logger": False, "enable_checkpointing": False, "enable_model_summary": False}
+    on_slurm = SLURMEnvironment.detect()
+    if on_slurm:
+        defaults["plugins"] = [SLURMEnvironment(auto_requeue=False)]
     cli = _lightning_cli(
         CertifyModule,
         argv,
         "msds certify",
         add_arguments=lambda parser: parser.add_lightning_class_args(CertificationWriter, "results"),
         save_config_callback=None,
-        trainer_defaults={"logger": False, "enable_checkpointing": False, "enable_model_summary": False},
+        trainer_defaults=defaults,
     )
+    hpc = sorted(Path(cli.trainer.default_root_dir).glob("hpc_ckpt_*.ckpt"))
+    if on_slurm and hpc:
+        raise ValueError(
+            f"{hpc[-1]} is a training checkpoint that Lightning would load into the certification model under "
+            f"SLURM; give certification its own --trainer.default_root_dir"
+        )
     output = Path(cli.config["results"]["output"])
     if cli.trainer.is_global_zero:  # the resolved config beside the results: a run can be repeated exactly
         output.parent.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,22 @@ def shared_fixtures() -> Path:
     return SHARED_FIXTURES
 
 
+@pytest.fixture(scope="session")
+def tiny_assets(tmp_path_factory) -> Path:
+    """A fake CIFAR-10 root (``cifar10``: 10 train / 12 test images), a tiny cosine-schedule denoiser
+    folder (``denoiser``) and tiny timm ``test_vit`` weights (``classifier.safetensors``)."""
+    from safetensors.torch import save_file
+
+    from .tiny_models import tiny_classifier, tiny_denoiser, write_fake_cifar10
+
+    root = tmp_path_factory.mktemp("tiny_assets")
+    write_fake_cifar10(root / "cifar10", n_train=10, n_test=12)
+    denoiser = tiny_denoiser(schedule="cosine", num_train_timesteps=4000, rescale_timesteps=True)
+    denoiser.save_pretrained(root / "denoiser")
+    save_file(tiny_classifier(seed=1).model.state_dict(), root / "classifier.safetensors")
+    return root
+
+
 @pytest.fixture(autouse=True)
 def _few_threads():
     # 2-core CI machine: avoid oversubscription when pytest runs torch code.

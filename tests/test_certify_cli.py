@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from msds_lightning.cli import main
 from msds_lightning.data import CIFAR10DataModule
@@ -19,21 +18,15 @@ from msds_lightning.results import COHEN_COLUMNS, format_radius, read_results
 from msds_lightning.smoothing import SmoothingEngine
 
 from .conftest import REPO
-from .tiny_models import tiny_classifier, tiny_denoiser, write_fake_cifar10
+from .tiny_models import tiny_classifier, tiny_denoiser
 
 CONFIG = REPO / "configs" / "cifar10" / "certify_dds.yaml"
 N_IMAGES = 7  # not divisible by 2 processes
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    root = tmp_path_factory.mktemp("assets")
-    write_fake_cifar10(root / "cifar10", n_train=5, n_test=12)
-    tiny_denoiser(schedule="cosine", num_train_timesteps=4000, rescale_timesteps=True).save_pretrained(
-        root / "denoiser"
-    )
-    save_file(tiny_classifier(seed=1).model.state_dict(), root / "classifier.safetensors")
-    return root
+def assets(tiny_assets):
+    return tiny_assets
 
 
 def overrides(assets: Path, output: Path, *extra: str) -> list[str]:

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 from lightning.pytorch import Trainer
-from safetensors.torch import save_file
 from torch.utils.data import DataLoader, TensorDataset
 
 from msds_lightning.cli import main
@@ -18,7 +17,7 @@ from msds_lightning.modules import ClassifierModule, DenoiserFinetuneModule, Den
 from msds_lightning.results import read_results
 
 from .conftest import REPO
-from .tiny_models import tiny_classifier, tiny_denoiser, tiny_unet_config, write_fake_cifar10
+from .tiny_models import tiny_classifier, tiny_denoiser, tiny_unet_config
 
 CPU = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.precision=32-true",
        "--trainer.enable_progress_bar=false"]  # fmt: skip
@@ -30,14 +29,8 @@ TINY_CLASSIFIER = [
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train_assets")
-    write_fake_cifar10(root / "cifar10", n_train=10, n_test=6)
-    tiny_denoiser(schedule="cosine", num_train_timesteps=4000, rescale_timesteps=True).save_pretrained(
-        root / "den"
-    )
-    save_file(tiny_classifier(seed=1).model.state_dict(), root / "clf.safetensors")
-    return root
+def assets(tiny_assets):
+    return tiny_assets
 
 
 def data_args(assets: Path, batch_size: int = 4) -> list[str]:
@@ -48,8 +41,8 @@ def data_args(assets: Path, batch_size: int = 4) -> list[str]:
 def finetune_args(assets: Path, tmp_path: Path) -> list[str]:
     return [
         "-c", str(REPO / "configs/cifar10/finetune_msds.yaml"),
-        f"--model.denoiser.init_args.path={assets / 'den'}",
-        f"--model.classifier.init_args.checkpoint={assets / 'clf.safetensors'}", *TINY_CLASSIFIER,
+        f"--model.denoiser.init_args.path={assets / 'denoiser'}",
+        f"--model.classifier.init_args.checkpoint={assets / 'classifier.safetensors'}", *TINY_CLASSIFIER,
         "--model.num_noise_samples=2", f"--model.export_dir={tmp_path / 'exported'}",
         *data_args(assets), *CPU,
     ]  # fmt: skip
@@ -86,7 +79,7 @@ def test_finetune_config_fast_dev_run_then_certify_loads_export(assets, tmp_path
     assert (exported / "unet").is_dir() and (exported / "denoiser_config.json").is_file()
     certify = [
         "-c", str(REPO / "configs/cifar10/certify_msds.yaml"), f"--model.denoiser.init_args.path={exported}",
-        f"--model.classifier.init_args.checkpoint={assets / 'clf.safetensors'}", *TINY_CLASSIFIER,
+        f"--model.classifier.init_args.checkpoint={assets / 'classifier.safetensors'}", *TINY_CLASSIFIER,
         "--model.n0=8", "--model.n=32", "--model.batch_size=32", "--data.init_args.max=3",
         f"--results.output={tmp_path / 'cert.tsv'}", *data_args(assets), *CPU,
     ]  # fmt: skip
@@ -103,9 +96,16 @@ def test_finetune_resume_continues_step_count(assets, tmp_path, monkeypatch):
     ]
     assert main(["finetune", *common, "--trainer.max_steps=2"]) == 0
     last = tmp_path / "outputs/cifar10/finetune_msds/checkpoints/last.ckpt"
-    assert torch.load(last, weights_only=True, map_location="cpu")["global_step"] == 2
+    first = torch.load(last, weights_only=True, map_location="cpu")
+    assert first["global_step"] == 2
     assert main(["finetune", *common, "--trainer.max_steps=4", "--ckpt_path=last"]) == 0
-    assert torch.load(last, weights_only=True, map_location="cpu")["global_step"] == 4
+    second = torch.load(last, weights_only=True, map_location="cpu")
+    assert second["global_step"] == 4
+    # the optimizer state was restored, not restarted: AdamW has taken 4 steps, not 2
+    steps = {float(state["step"]) for state in second["optimizer_states"][0]["state"].values()}
+    assert steps == {4.0}
+    # and the EMA callback's averaged model continued too (state saved in the checkpoint)
+    assert any("EMAWeightAveraging" in key for key in second["callbacks"])
 
 
 # ---------------------------------------------------------------------------------------------------

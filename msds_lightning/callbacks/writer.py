@@ -23,10 +23,18 @@ from ..results import ResultWriter, done_indices, merge_result_files, read_resul
 
 
 class CertificationWriter(BasePredictionWriter):
-    """:param output: merged result TSV path. :param radii: radii of the summary table ([0,1] pixel units)."""
+    """:param output: merged result TSV path
+    :param radii: radii of the summary table ([0,1] pixel units)
+    :param progress_interval: seconds between per-rank progress lines on stderr (0: never); the progress
+        bar shows rank 0 only, and on a cluster every rank's pace matters"""
 
-    def __init__(self, output: str = "outputs/certify.tsv", radii: Sequence[float] = CIFAR10_RADII):
+    def __init__(
+        self, output: str = "outputs/certify.tsv", radii: Sequence[float] = CIFAR10_RADII,
+        progress_interval: float = 300.0,
+    ):  # fmt: skip
         super().__init__(write_interval="batch")
+        self.progress_interval = float(progress_interval)
+        self._started = self._last_report = 0.0
         self.output = Path(output)
         self.shard_dir = self.output.with_name(self.output.name + ".shards")
         self.radii = [float(r) for r in radii]

@@ -59,3 +59,16 @@ def check_images(x: torch.Tensor, name: str = "x", batched: bool = False) -> tor
             f"normalisation), got values in [{lo:.4g}, {hi:.4g}]"
         )
     return x
+
+
+def check_certify_call(
+    x: torch.Tensor, n0: int, n: int, alpha: float, batch_size: int
+) -> tuple[int, int, float, int]:
+    """The checks of a single-image CERTIFY call; returns the normalised ``(n0, n, alpha, batch_size)``."""
+    check_images(x)
+    return (
+        check_count(n0, "n0"),
+        check_count(n, "n"),
+        check_alpha(alpha),
+        check_count(batch_size, "batch_size"),
+    )

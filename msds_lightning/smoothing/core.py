@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from .bounds import binomial_test_pvalue, clopper_pearson_lower, gaussian_radius
-from .checks import check_alpha, check_count, check_images, check_num_classes, check_sigma
+from .checks import check_alpha, check_certify_call, check_count, check_images, check_num_classes, check_sigma
 
 ABSTAIN = -1
 
@@ -98,9 +98,7 @@ class Smooth:
         self, x: torch.Tensor, n0: int, n: int, alpha: float, batch_size: int
     ) -> Certificate:
         """``certify`` returning the full :class:`Certificate` (counts and bound included)."""
-        check_images(x)
-        n0, n = check_count(n0, "n0"), check_count(n, "n")
-        alpha, batch_size = check_alpha(alpha), check_count(batch_size, "batch_size")
+        n0, n, alpha, batch_size = check_certify_call(x, n0, n, alpha, batch_size)
         self.base_classifier.eval()
         counts_selection = self._sample_noise(x, n0, batch_size)
         selected = int(counts_selection.argmax())  # first maximum: ties go to the lowest class

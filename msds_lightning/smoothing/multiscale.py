@@ -38,7 +38,7 @@ from scipy.stats import norm
 from statsmodels.stats.proportion import multinomial_proportions_confint
 
 from .bounds import clopper_pearson_interval, clopper_pearson_lower
-from .checks import check_alpha, check_count, check_images, check_num_classes, check_sigma
+from .checks import check_alpha, check_certify_call, check_count, check_images, check_num_classes, check_sigma
 from .core import ABSTAIN, reference_counts
 from .engine import ESTIMATION, NOISE_BLOCK, PREDICTION, SELECTION, SmoothingEngine, _eval, sample_counts
 
@@ -185,9 +185,7 @@ class MultiScaleSmooth:
     def certify_with_details(
         self, x: torch.Tensor, n0: int, n: int, alpha: float, batch_size: int
     ) -> MultiScaleCertificate:
-        check_images(x)
-        n0, n = check_count(n0, "n0"), check_count(n, "n")
-        alpha, batch_size = check_alpha(alpha), check_count(batch_size, "batch_size")
+        n0, n, alpha, batch_size = check_certify_call(x, n0, n, alpha, batch_size)
         _eval(self.base_classifier)
         passed: list[LevelRecord] = []
         for stage, sigma in enumerate(self.sigmas):

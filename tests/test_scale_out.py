@@ -1,0 +1,150 @@
+"""Scale-out: kill and resume, multi-node launch, SLURM templates and guards (CPU, gloo)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from msds_lightning.cli import main
+from msds_lightning.loggers import wandb_logger
+
+from .conftest import REPO
+from .test_certify_cli import N_IMAGES, overrides, rows_without_time
+
+SLOW = ["--model.n=1200", "--model.batch_size=600", "--data.init_args.batch_size=1"]  # ~0.4 s per image
+
+
+def env(**extra) -> dict[str, str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "LOCAL_RANK", "NODE_RANK"))}
+    return {**clean, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **extra}
+
+
+def certify_cmd(assets, output, *extra) -> list[str]:
+    return [sys.executable, "-m", "msds_lightning.cli", "certify", *overrides(assets, output, *extra)]
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_assets, tmp_path_factory):
+    """An uninterrupted single-process run with the slow settings."""
+    output = tmp_path_factory.mktemp("reference") / "ref.tsv"
+    assert main(["certify", *overrides(tiny_assets, output, *SLOW)]) == 0
+    return output
+
+
+def test_sigkill_mid_run_then_rerun_gives_identical_results(tiny_assets, reference, tmp_path):
+    output = tmp_path / "killed.tsv"
+    shard = output.with_name(output.name + ".shards") / "rank0.tsv"
+    proc = subprocess.Popen(certify_cmd(tiny_assets, output, *SLOW), env=env(), cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if shard.is_file() and len(shard.read_text().splitlines()) >= 3:  # header + 2 images
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(shard.read_text().splitlines()) - 1
+    assert 2 <= done < N_IMAGES and not output.exists()
+    assert main(["certify", *overrides(tiny_assets, output, *SLOW)]) == 0
+    assert rows_without_time(output) == rows_without_time(reference)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_simulated_two_node_launch_matches_single_process(tiny_assets, reference, tmp_path):
+    """Two 'nodes' of one process each on localhost, ranks from the environment as torchrun/SLURM set them."""
+    output = tmp_path / "two_nodes.tsv"
+    port = str(free_port())
+    cmd = certify_cmd(tiny_assets, output, *SLOW, "--trainer.num_nodes=2", "--trainer.devices=1",
+                      "--trainer.strategy=ddp")  # fmt: skip
+    procs = [
+        subprocess.Popen(
+            cmd,
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env(
+                MASTER_ADDR="127.0.0.1", MASTER_PORT=port, NODE_RANK=str(node), LOCAL_RANK="0", WORLD_SIZE="2"
+            ),
+        )  # fmt: skip
+        for node in (0, 1)
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=400)
+        assert p.returncode == 0, err[-3000:]
+    assert rows_without_time(output) == rows_without_time(reference)
+
+
+def fake_slurm_bin(folder: Path) -> Path:
+    """`srun` that runs its command once (flags dropped), `scontrol` that records its arguments."""
+    folder.mkdir()
+    (folder / "srun").write_text('#!/bin/bash\nwhile [[ "$1" == --* ]]; do shift; done\nexec "$@"\n')
+    (folder / "scontrol").write_text(f'#!/bin/bash\necho "$@" >> {folder}/scontrol.log\n')
+    for f in ("srun", "scontrol"):
+        (folder / f).chmod(0o755)
+    return folder
+
+
+def test_certify_sbatch_template_requeues_on_signal_and_completes(tiny_assets, reference, tmp_path):
+    bin_dir = fake_slurm_bin(tmp_path / "bin")
+    output = tmp_path / "sbatch.tsv"
+    args = [
+        a
+        for a in overrides(tiny_assets, output, *SLOW)
+        if a not in ("-c", str(REPO / "configs/cifar10/certify_dds.yaml"))
+    ]
+    args += ["--trainer.strategy=auto"]  # the overlay's DDPStrategy is for GPUs; one CPU process here
+    script = REPO / "experiments/slurm/certify.sbatch"
+    e = env(PATH=f"{bin_dir}:{os.environ['PATH']}", MSDS=str(REPO / ".venv/bin/msds"), SLURM_JOB_ID="4242",
+            SLURM_NNODES="1", SLURM_NTASKS_PER_NODE="1", SLURM_SUBMIT_DIR=str(REPO))  # fmt: skip
+    proc = subprocess.Popen(["bash", str(script), str(REPO / "configs/cifar10/certify_dds.yaml"), *args], env=e,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    shard = output.with_name(output.name + ".shards") / "rank0.tsv"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (shard.is_file() and len(shard.read_text().splitlines()) >= 2):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGUSR1)  # what `--signal=B:USR1@300` delivers before the time limit
+    out, _ = proc.communicate(timeout=400)
+    assert proc.returncode == 0, out[-3000:]
+    assert (bin_dir / "scontrol.log").read_text().split() == ["requeue", "4242"]
+    assert rows_without_time(output) == rows_without_time(reference)
+
+
+def test_certify_refuses_training_hpc_checkpoint_under_slurm(tiny_assets, tmp_path, monkeypatch, capsys):
+    root = tmp_path / "train_root"
+    root.mkdir()
+    (root / "hpc_ckpt_3.ckpt").write_bytes(b"not for certification")
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+    monkeypatch.setenv("SLURM_JOB_NAME", "certify")
+    code = main(
+        ["certify", *overrides(tiny_assets, tmp_path / "x.tsv", f"--trainer.default_root_dir={root}")]
+    )
+    assert code != 0 and "hpc_ckpt_3.ckpt" in capsys.readouterr().err
+
+
+def test_wandb_run_id_is_stable_across_requeues(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLURM_JOB_ID", "777")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    first = wandb_logger(name="finetune", save_dir=str(tmp_path))
+    second = wandb_logger(name="finetune", save_dir=str(tmp_path))
+    assert first.version == second.version == "finetune-777"
+    monkeypatch.delenv("SLURM_JOB_ID")
+    assert wandb_logger(name="x", save_dir=str(tmp_path)).version is None
+
+
+def test_sbatch_templates_parse():
+    for name in ("certify.sbatch", "finetune.sbatch"):
+        assert subprocess.run(["bash", "-n", str(REPO / "experiments/slurm" / name)]).returncode == 0
