@@ -196,7 +196,7 @@ def test_ddp_two_processes_equal_single_process_exactly(tmp_path):
     mp.start_processes(
         _ddp_worker, args=(2, _free_port(), cases, str(tmp_path)), nprocs=2, join=True, start_method="fork"
     )
-    results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
 
     for name, (rad, cor, shards) in cases.items():
         single = CertifiedAccuracy(RADII)
