@@ -7,6 +7,10 @@
     ``data`` and ``results`` sections).
 ``msds finetune | pretrain-denoiser | train-classifier -c CONFIG.yaml [--ckpt_path PATH|last]``
     train (LightningCLI ``fit``: ``trainer``, ``model``, ``data`` sections).
+``msds demo [--stages ...] [--quick]``
+    the embedded default on scikit-learn digits.
+``msds convert-openai SRC.pt DST_DIR --kind {improved-cifar10,guided-256}``
+    OpenAI diffusion UNet checkpoint -> diffusers folder that ``DiffusionDenoiser.from_pretrained`` loads.
 
 Each argparse sub-command registers itself in ``COMMANDS`` (name → (help, add_arguments, run)); the
 delegated ones in ``DELEGATED_COMMANDS`` (LightningCLI commands, ``demo``) take the rest of the command line as LightningCLI arguments.
@@ -131,6 +135,12 @@ def _run_demo(argv: Sequence[str]) -> int:
     return demo_main(argv)
 
 
+def _run_convert(argv: Sequence[str]) -> int:
+    from .convert import main as convert_main
+
+    return convert_main(argv)
+
+
 def _fit_command(module_path: str, prog: str) -> Callable[[Sequence[str]], int]:
     """A training command: ``fit`` of the module at ``module_path``; ``--ckpt_path`` resumes
     (a path, or ``last`` for the newest checkpoint of the run's ModelCheckpoint)."""
@@ -173,6 +183,10 @@ DELEGATED_COMMANDS: dict[str, tuple[str, Callable[[Sequence[str]], int]]] = {
         _fit_command("msds_lightning.modules.ClassifierModule", "msds train-classifier"),
     ),
     "demo": ("the embedded default: the MSDS story on scikit-learn digits in minutes on a CPU", _run_demo),
+    "convert-openai": (
+        "convert an OpenAI improved-/guided-diffusion UNet checkpoint to a diffusers denoiser folder",
+        _run_convert,
+    ),
 }
 
 

@@ -221,7 +221,13 @@ _OPENAI_CONFIG_KEYS = {
     "num_heads", "num_head_channels", "num_heads_upsample", "use_scale_shift_norm", "resblock_updown",
     "use_new_attention_order",
 }  # fmt: skip
-_REQUIRED_OPENAI_KEYS = ("in_channels", "model_channels", "out_channels", "num_res_blocks", "attention_resolutions")
+_REQUIRED_OPENAI_KEYS = (
+    "in_channels",
+    "model_channels",
+    "out_channels",
+    "num_res_blocks",
+    "attention_resolutions",
+)
 
 
 def diffusers_config_from_openai(
@@ -247,7 +253,9 @@ def diffusers_config_from_openai(
     if missing:
         raise ValueError(f"OpenAI UNet config: missing keys {missing}")
     if config.get("dims", 2) != 2:
-        raise ValueError(f"OpenAI UNet config: only 2-D UNets convert to UNet2DModel, got dims={config['dims']}")
+        raise ValueError(
+            f"OpenAI UNet config: only 2-D UNets convert to UNet2DModel, got dims={config['dims']}"
+        )
     if config.get("num_classes") is not None:
         raise ValueError(
             f"OpenAI UNet config: class-conditional models (num_classes={config['num_classes']}) are not "
@@ -300,7 +308,9 @@ def diffusers_config_from_openai(
         sample_size = _kind(kind).unet["sample_size"]
 
     plain_down, plain_up = (
-        ("ResnetDownsampleBlock2D", "ResnetUpsampleBlock2D") if resblock_updown else ("DownBlock2D", "UpBlock2D")
+        ("ResnetDownsampleBlock2D", "ResnetUpsampleBlock2D")
+        if resblock_updown
+        else ("DownBlock2D", "UpBlock2D")
     )
     resample = "resnet" if resblock_updown else "conv"
     return {
@@ -349,9 +359,12 @@ def _module_rules(openai: str, diffusers: str, kind: str, expected: Mapping[str,
         for o, d in parts:
             rules += [(f"{openai}.{o}.{p}", (f"{diffusers}.{d}.{p}",), "copy") for p in ("weight", "bias")]
     elif kind == "attention":
-        rules += [(f"{openai}.norm.{p}", (f"{diffusers}.group_norm.{p}",), "copy") for p in ("weight", "bias")]
         rules += [
-            (f"{openai}.qkv.{p}", tuple(f"{diffusers}.to_{n}.{p}" for n in "qkv"), "qkv") for p in ("weight", "bias")
+            (f"{openai}.norm.{p}", (f"{diffusers}.group_norm.{p}",), "copy") for p in ("weight", "bias")
+        ]
+        rules += [
+            (f"{openai}.qkv.{p}", tuple(f"{diffusers}.to_{n}.{p}" for n in "qkv"), "qkv")
+            for p in ("weight", "bias")
         ]
         rules.append((f"{openai}.proj_out.weight", (f"{diffusers}.to_out.0.weight",), "squeeze"))
         rules.append((f"{openai}.proj_out.bias", (f"{diffusers}.to_out.0.bias",), "copy"))
@@ -361,7 +374,7 @@ def _module_rules(openai: str, diffusers: str, kind: str, expected: Mapping[str,
 
 
 def _sampler_kind(block_type: str, config_type: str) -> str:
-    """"conv" or "resnet": how a diffusers block resamples."""
+    """ "conv" or "resnet": how a diffusers block resamples."""
     if block_type in ("DownBlock2D", "UpBlock2D"):
         return "conv"
     if block_type in ("ResnetDownsampleBlock2D", "ResnetUpsampleBlock2D"):
@@ -385,7 +398,9 @@ def _key_plan(unet_config: Mapping[str, Any], expected: Mapping[str, torch.Size]
     if bad:
         raise ValueError(f"UNet2DModel config: block types {bad} have no OpenAI UNetModel counterpart")
     if unet_config.get("mid_block_type", "UNetMidBlock2D") != "UNetMidBlock2D":
-        raise ValueError("UNet2DModel config: the OpenAI middle block maps only to mid_block_type='UNetMidBlock2D'")
+        raise ValueError(
+            "UNet2DModel config: the OpenAI middle block maps only to mid_block_type='UNetMidBlock2D'"
+        )
     if len(up_types) != levels or levels == 0:
         raise ValueError("UNet2DModel config: need as many up blocks as down blocks, at least one")
 
@@ -401,13 +416,23 @@ def _key_plan(unet_config: Mapping[str, Any], expected: Mapping[str, torch.Size]
         for j in range(layers):
             add(_module_rules(f"input_blocks.{index}.0", f"{prefix}.resnets.{j}", "resblock", expected))
             if block_type.startswith("Attn"):
-                add(_module_rules(f"input_blocks.{index}.1", f"{prefix}.attentions.{j}", "attention", expected))
+                add(
+                    _module_rules(
+                        f"input_blocks.{index}.1", f"{prefix}.attentions.{j}", "attention", expected
+                    )
+                )
             index += 1
         if level != levels - 1:  # every level but the last ends with a downsampling step of its own
             if _sampler_kind(block_type, unet_config.get("downsample_type", "conv")) == "conv":
-                add(_module_rules(f"input_blocks.{index}.0.op", f"{prefix}.downsamplers.0.conv", "plain", expected))
+                add(
+                    _module_rules(
+                        f"input_blocks.{index}.0.op", f"{prefix}.downsamplers.0.conv", "plain", expected
+                    )
+                )
             else:
-                add(_module_rules(f"input_blocks.{index}.0", f"{prefix}.downsamplers.0", "resblock", expected))
+                add(
+                    _module_rules(f"input_blocks.{index}.0", f"{prefix}.downsamplers.0", "resblock", expected)
+                )
             index += 1
 
     add(_module_rules("middle_block.0", "mid_block.resnets.0", "resblock", expected))
@@ -424,7 +449,11 @@ def _key_plan(unet_config: Mapping[str, Any], expected: Mapping[str, torch.Size]
         for j in range(layers + 1):
             add(_module_rules(f"output_blocks.{index}.0", f"{prefix}.resnets.{j}", "resblock", expected))
             if has_attention:
-                add(_module_rules(f"output_blocks.{index}.1", f"{prefix}.attentions.{j}", "attention", expected))
+                add(
+                    _module_rules(
+                        f"output_blocks.{index}.1", f"{prefix}.attentions.{j}", "attention", expected
+                    )
+                )
             if j == layers and u != levels - 1:  # the level's last block also upsamples
                 sub = f"output_blocks.{index}.{2 if has_attention else 1}"
                 if _sampler_kind(block_type, unet_config.get("upsample_type", "conv")) == "conv":
@@ -550,7 +579,11 @@ def openai_to_diffusers(
             width = int(head_dim) if head_dim is not None else channels  # diffusers: heads = C // head_dim
             heads = channels // width
             rows = tensor.reshape(3 * channels, -1)
-            grouped = rows.reshape(3, heads, width, -1) if new_attention_order else rows.reshape(heads, 3, width, -1)
+            grouped = (
+                rows.reshape(3, heads, width, -1)
+                if new_attention_order
+                else rows.reshape(heads, 3, width, -1)
+            )
             for part, key in enumerate(diffusers_keys):  # q, k, v
                 piece = grouped[part] if new_attention_order else grouped[:, part]
                 converted[key] = piece.reshape(shape)
@@ -605,7 +638,11 @@ def load_openai_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                 state_dict = dict(obj[key])
                 break
     if state_dict is None:
-        found = f"a dict with keys {sorted(map(str, obj))[:10]}" if isinstance(obj, Mapping) else type(obj).__name__
+        found = (
+            f"a dict with keys {sorted(map(str, obj))[:10]}"
+            if isinstance(obj, Mapping)
+            else type(obj).__name__
+        )
         raise ValueError(
             f"{path} holds no UNet state dict: expected a dict of tensors, or one under "
             f"{' / '.join(repr(k) for k in _NESTED_KEYS)}; found {found}"
@@ -614,7 +651,9 @@ def load_openai_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         state_dict = {key[len("module.") :]: value for key, value in state_dict.items()}
     not_float = [key for key, value in state_dict.items() if not value.is_floating_point()]
     if not_float:
-        raise ValueError(f"{path}: " + _listing("non-floating-point tensors in the UNet state dict", not_float))
+        raise ValueError(
+            f"{path}: " + _listing("non-floating-point tensors in the UNet state dict", not_float)
+        )
     return {key: value.float() for key, value in state_dict.items()}
 
 
@@ -660,12 +699,15 @@ def convert_openai_state_dict(
     except CheckpointMismatchError as err:
         shapes = {key: tuple(value.shape) for key, value in state_dict.items()}
         target = f"--kind {kind}" if openai_config is None else f"the given OpenAI config (kind {kind})"
-        others = [other for other in KINDS.values() if other.name != kind and not _mismatches(shapes, other.unet)]
+        others = [
+            other for other in KINDS.values() if other.name != kind and not _mismatches(shapes, other.unet)
+        ]
         if others:
             other = others[0]
+            article = "an" if other.name[0] in "aeiou" else "a"
             raise CheckpointMismatchError(
-                f"{source} looks like a {other.name} checkpoint ({other.description}; {other.checkpoint}), "
-                f"not {target}. Convert it with --kind {other.name}."
+                f"{source} looks like {article} {other.name} checkpoint ({other.description}; "
+                f"{other.checkpoint}), not {target}. Convert it with --kind {other.name}."
             ) from None
         expectation = ""
         if openai_config is None:
@@ -723,6 +765,15 @@ def convert_openai_checkpoint(
     src, dst = Path(src).expanduser(), Path(dst).expanduser()
     if pad_to is _KIND_DEFAULT:
         pad_to = spec.pad_to
+    # Check the cheap things before reading a (possibly 2 GB) checkpoint.
+    unet_config = diffusers_config_from_openai(
+        spec.openai_config if openai_config is None else openai_config, kind
+    )
+    factor = 2 ** (len(unet_config["block_out_channels"]) - 1)
+    if pad_to is not None and (pad_to <= 0 or pad_to % factor):
+        raise ValueError(
+            f"pad_to must be a positive multiple of the UNet's downsampling factor {factor}, got {pad_to}"
+        )
     if dst.exists() and not dst.is_dir():
         raise FileExistsError(f"Output {dst} exists and is not a folder")
     if dst.is_dir() and any(dst.iterdir()) and not overwrite:
@@ -776,8 +827,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="msds convert-openai",
         description="Convert an OpenAI improved-diffusion / guided-diffusion UNet checkpoint (.pt) into a "
         "diffusers denoiser folder (unet/, scheduler/, denoiser_config.json) for DiffusionDenoiser.from_pretrained.",
-        epilog="kinds: "
-        + "; ".join(f"{k.name} = {k.checkpoint} ({k.description})" for k in KINDS.values()),
+        epilog="kinds: " + "; ".join(f"{k.name} = {k.checkpoint} ({k.description})" for k in KINDS.values()),
     )
     parser.add_argument("src", help="the OpenAI checkpoint, e.g. cifar10_uncond_50M_500K.pt")
     parser.add_argument("dst", help="output folder, e.g. checkpoints/cifar10/improved_diffusion_uncond_50M")
