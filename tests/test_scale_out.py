@@ -148,3 +148,44 @@ def test_wandb_run_id_is_stable_across_requeues(tmp_path, monkeypatch):
 def test_sbatch_templates_parse():
     for name in ("certify.sbatch", "finetune.sbatch"):
         assert subprocess.run(["bash", "-n", str(REPO / "experiments/slurm" / name)]).returncode == 0
+
+
+def test_finetune_killed_and_resumed_continues_from_saved_step(tiny_assets, tmp_path):
+    """SIGKILL a fine-tuning run after it saved a checkpoint; `--ckpt_path last` resumes from that step
+    with the optimizer state (AdamW's step counter continues instead of restarting)."""
+    import torch
+
+    ckpt_dir = tmp_path / "ckpt"
+    args = [
+        "-c", str(REPO / "configs/cifar10/finetune_msds.yaml"),
+        f"--model.denoiser.init_args.path={tiny_assets / 'denoiser'}",
+        f"--model.classifier.init_args.checkpoint={tiny_assets / 'classifier.safetensors'}",
+        "--model.classifier.init_args.model_name=test_vit", "--model.classifier.init_args.input_size=null",
+        "--model.classifier.init_args.model_kwargs={img_size: 32}", "--model.num_noise_samples=2",
+        f"--model.export_dir={tmp_path / 'exported'}", f"--data.init_args.root={tiny_assets / 'cifar10'}",
+        "--data.init_args.batch_size=4", "--data.init_args.num_workers=0", "--trainer.accelerator=cpu",
+        "--trainer.devices=1", "--trainer.precision=32-true", "--trainer.enable_progress_bar=false",
+        "--trainer.val_check_interval=null", "--trainer.limit_val_batches=0",
+        "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+        f"--trainer.callbacks.dirpath={ckpt_dir}", "--trainer.callbacks.every_n_train_steps=3",
+        "--trainer.callbacks.save_last=true", "--trainer.callbacks.save_top_k=-1",
+    ]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "msds_lightning.cli", "finetune", *args, "--trainer.max_steps=100000"],
+                            cwd=tmp_path, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 240
+    # ModelCheckpoint names its files epoch=E-step=S.ckpt: wait for the second save (step 6)
+    while time.time() < deadline and proc.poll() is None:
+        if any(p.name.endswith("step=6.ckpt") for p in ckpt_dir.glob("*.ckpt")):
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    saved = torch.load(ckpt_dir / "last.ckpt", weights_only=True, map_location="cpu")
+    step = saved["global_step"]
+    assert step >= 6 and step % 3 == 0
+    assert main(["finetune", *args, f"--trainer.max_steps={step + 3}", "--ckpt_path=last"]) == 0
+    resumed = torch.load(ckpt_dir / "last.ckpt", weights_only=True, map_location="cpu")
+    assert resumed["global_step"] == step + 3
+    adam_steps = {float(s["step"]) for s in resumed["optimizer_states"][0]["state"].values()}
+    assert adam_steps == {float(step + 3)}  # a fresh optimizer would have counted 3
