@@ -6,7 +6,7 @@ PYTHON := $(BIN)/python
 MSDS   := $(BIN)/msds
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-full lint format demo analyze certify finetune pretrain-denoiser train-classifier clean
+.PHONY: help install test test-full lint format bench demo analyze certify finetune pretrain-denoiser train-classifier clean
 
 help: ## show this help
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -32,6 +32,10 @@ lint: ## ruff checks
 
 format: ## ruff format + autofix
 	$(BIN)/ruff format msds_lightning tests bench && $(BIN)/ruff check --fix msds_lightning tests bench
+
+bench: ## certification throughput: reference loop vs engine vs bare forwards (writes bench/RESULTS.md, ~4 min on CPU)
+	$(PYTHON) bench/certify_throughput.py --images 4
+	$(PYTHON) bench/finetune_throughput.py --unet tiny --steps 10
 
 demo: ## the embedded default on scikit-learn digits (CPU, < 10 min): train, fine-tune, certify, report
 	$(MSDS) demo
