@@ -183,7 +183,9 @@ def test_finetune_killed_and_resumed_continues_from_saved_step(tiny_assets, tmp_
     proc.wait()
     saved = torch.load(ckpt_dir / "last.ckpt", weights_only=True, map_location="cpu")
     step = saved["global_step"]
-    assert step >= 6 and step % 3 == 0
+    # last.ckpt is rewritten just after each epoch=E-step=S.ckpt, so a kill can fall in between: it then
+    # holds the previous save (step 3), which is exactly what a resume should start from
+    assert step >= 3 and step % 3 == 0
     assert main(["finetune", *args, f"--trainer.max_steps={step + 3}", "--ckpt_path=last"]) == 0
     resumed = torch.load(ckpt_dir / "last.ckpt", weights_only=True, map_location="cpu")
     assert resumed["global_step"] == step + 3
