@@ -26,6 +26,7 @@ import time
 import numpy as np
 import torch
 
+from msds_lightning.convert import KINDS
 from msds_lightning.models import Classifier, DenoiseAndClassify, DiffusionDenoiser
 from msds_lightning.models.tiny import tiny_classifier, tiny_denoiser
 from msds_lightning.smoothing import SmoothingEngine, clopper_pearson_lower
@@ -34,12 +35,6 @@ SIGMA, ALPHA, N0 = 0.25, 0.001, 100
 DEMO_UNET = dict(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(16, 32), layers_per_block=1,
                  down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
                  norm_num_groups=8, add_attention=False)  # fmt: skip
-CIFAR_UNET = dict(
-    sample_size=32, in_channels=3, out_channels=6, block_out_channels=(128, 256, 256, 256), layers_per_block=3,
-    down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"), attention_head_dim=64,
-    resnet_time_scale_shift="scale_shift", attn_norm_num_groups=32,
-)  # fmt: skip
 
 
 def build(size: str, device: torch.device):
@@ -54,8 +49,8 @@ def build(size: str, device: torch.device):
         classifier = Classifier("msds_small_cnn", 10, mean=[0.5], std=[0.5], model_kwargs={"in_chans": 1})
         shape = (1, 8, 8)
     elif size == "cifar10":  # the 52M improved-diffusion architecture + ViT-B/16 at 224 (GPU-sized)
-        denoiser = DiffusionDenoiser.from_config(CIFAR_UNET, {"num_train_timesteps": 4000,
-                                                              "beta_schedule": "squaredcos_cap_v2"}, rescale_timesteps=True)  # fmt: skip
+        improved = KINDS["improved-cifar10"]
+        denoiser = DiffusionDenoiser.from_config(improved.unet, improved.scheduler, rescale_timesteps=True)
         classifier = Classifier("vit_base_patch16_224", 10, input_size=224, mean=[0.5] * 3, std=[0.5] * 3)
         shape = (3, 32, 32)
     else:

@@ -14,16 +14,10 @@ import time
 
 import torch
 
+from msds_lightning.convert import KINDS
 from msds_lightning.models import Classifier, DiffusionDenoiser
 from msds_lightning.models.tiny import COSINE_SCHEDULE, tiny_classifier, tiny_unet_config
 from msds_lightning.modules import DenoiserFinetuneModule
-
-CIFAR10_UNET = dict(
-    sample_size=32, in_channels=3, out_channels=3, block_out_channels=(128, 256, 256, 256), layers_per_block=3,
-    down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"), attention_head_dim=64,
-    resnet_time_scale_shift="scale_shift", attn_norm_num_groups=32,
-)  # fmt: skip
 
 
 def timed(step, steps: int, device) -> float:
@@ -50,7 +44,8 @@ def main():
     device = torch.device(args.device)
     torch.manual_seed(0)
 
-    unet_config = tiny_unet_config() if args.unet == "tiny" else CIFAR10_UNET
+    # "cifar10": the released improved-diffusion architecture (52.5M, learned variance), as the converter builds it
+    unet_config = tiny_unet_config() if args.unet == "tiny" else KINDS["improved-cifar10"].unet
     denoiser = DiffusionDenoiser.from_config(unet_config, COSINE_SCHEDULE, rescale_timesteps=True).to(device)
     if args.classifier == "test_vit":
         classifier = tiny_classifier(seed=1)
