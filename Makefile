@@ -33,8 +33,12 @@ lint: ## ruff checks
 format: ## ruff format + autofix
 	$(BIN)/ruff format msds_lightning tests bench && $(BIN)/ruff check --fix msds_lightning tests bench
 
-bench: ## certification throughput: reference loop vs engine vs bare forwards (writes bench/RESULTS.md, ~4 min on CPU)
+COHEN := ../shared/fixtures/cohen2019
+bench: ## throughput (reference loop vs engine vs bare forwards) + adaptive sampling replay -> bench/RESULTS.md (~5 min on CPU)
 	$(PYTHON) bench/certify_throughput.py --images 4
+	@if [ -d $(COHEN) ]; then $(PYTHON) bench/adaptive_samples.py $(COHEN)/cifar_0.25 $(COHEN)/cifar_0.50 \
+		$(COHEN)/cifar_1.00 --sigmas 0.25 0.5 1.0 --out bench/RESULTS.md; \
+	else echo "adaptive replay skipped: no $(COHEN) (any result TSVs work: bench/adaptive_samples.py --help)"; fi
 	$(PYTHON) bench/finetune_throughput.py --unet tiny --steps 10
 
 demo: ## the embedded default on scikit-learn digits (CPU, < 10 min): train, fine-tune, certify, report

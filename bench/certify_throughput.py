@@ -7,7 +7,9 @@ In one process, on the same models, inputs and N (n0 selection + n estimation sa
 (a) reference: Cohen et al.'s loop, one image at a time, batches of min(batch, remaining) copies, noise
     from the global generator, counts copied to the host and tallied in Python every batch;
 (b) engine: ``SmoothingEngine.certify`` on all images at once (packing, per-image seeded noise, counts on
-    the device, one host copy per call);
+    the device, one host copy per call, inference mode); (b') the same with ``compile=True`` (fixed
+    shapes, last forward padded; compile time reported separately, not in samples/s); on a GPU also
+    (b'') compile + bf16 autocast;
 (c) floor: the bare forward passes (denoiser + classifier) on the same number of samples, no smoothing.
 Prints samples/s, b/a and c/b, and peak memory of the engine at N = 1,000 vs 100,000 (fresh processes),
 and writes the table to ``--out`` with the machine, torch version and command.
@@ -98,9 +100,17 @@ def measure(size, images, n, batch, device, repeats=3) -> dict:
     x = torch.rand(images, *shape, device=device)
     samples = images * (N0 + n)
     engine = SmoothingEngine(f, 10, SIGMA, seed=0, batch_size=batch)
-    # warm-up (allocator, kernels) on one image
+    compiled = SmoothingEngine(f, 10, SIGMA, seed=0, batch_size=batch, compile=True)
+    # warm-up (allocator, kernels) on one image; the first compiled call compiles
     reference_certify(f, x[0], 10, batch, batch)
     engine.certify(x[:1], [0], 10, batch, ALPHA)
+    compile_seconds = timed(lambda: compiled.certify(x[:1], [0], 10, batch, ALPHA), device)
+    variants = {"compiled": compiled}
+    if device.type == "cuda":
+        variants["compiled_bf16"] = SmoothingEngine(
+            f, 10, SIGMA, batch_size=batch, compile=True, autocast="bf16"
+        )
+        variants["compiled_bf16"].certify(x[:1], [0], 10, batch, ALPHA)
 
     inputs = torch.rand(batch, *shape, device=device)
 
@@ -115,15 +125,19 @@ def measure(size, images, n, batch, device, repeats=3) -> dict:
     runs = {
         "reference": lambda: [reference_certify(f, x[i], N0, n, batch) for i in range(images)],
         "engine": lambda: engine.certify(x, list(range(images)), N0, n, ALPHA),
+        **{
+            name: (lambda e=e: e.certify(x, list(range(images)), N0, n, ALPHA))
+            for name, e in variants.items()
+        },
         "floor": floor,
     }
     best = dict.fromkeys(runs, float("inf"))
     for _ in range(repeats):  # interleaved, best of `repeats`: this machine's timings are noisy
         for name, fn in runs.items():
             best[name] = min(best[name], timed(fn, device))
-    t_ref, t_eng, t_floor = best["reference"], best["engine"], best["floor"]
-    return dict(size=size, images=images, n0=N0, n=n, batch=batch, reference=samples / t_ref,
-                engine=samples / t_eng, floor=samples / t_floor)  # fmt: skip
+    row = dict(size=size, images=images, n0=N0, n=n, batch=batch, compile_seconds=compile_seconds)
+    row.update({name: samples / seconds for name, seconds in best.items()})
+    return row
 
 
 def peak_memory(size: str, n: int, device: str) -> float:
@@ -164,13 +178,19 @@ def main():
         f"`{' '.join(['python', *sys.argv])}` on {device.type} ({machine}); σ = {SIGMA}, n0 = {N0}, "
         f"batch {args.batch}, random weights. Samples/s = images × (n0 + n) / wall time, best of "
         f"{args.repeats} interleaved repeats.", "",
-        "| models | images × (n0 + n) | (a) reference loop | (b) engine | (c) bare forwards | b/a | c/b |",
-        "|---|---|---|---|---|---|---|",
+        "| models | images × (n0 + n) | (a) reference loop | (b) engine | (b') engine + compile | "
+        "(c) bare forwards | b/a | b'/a | c/b | compile s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for r in rows:
         lines.append(f"| {r['size']} | {r['images']} × ({r['n0']} + {r['n']}) | {r['reference']:,.0f} | "
-                     f"{r['engine']:,.0f} | {r['floor']:,.0f} | {r['engine'] / r['reference']:.2f} | "
-                     f"{r['floor'] / r['engine']:.2f} |")  # fmt: skip
+                     f"{r['engine']:,.0f} | {r['compiled']:,.0f} | {r['floor']:,.0f} | "
+                     f"{r['engine'] / r['reference']:.2f} | {r['compiled'] / r['reference']:.2f} | "
+                     f"{r['floor'] / r['engine']:.2f} | {r['compile_seconds']:.0f} |")  # fmt: skip
+    if device.type == "cuda":
+        lines += ["", "bf16 autocast + compile (changes f's numerics): " + "; ".join(
+            f"{r['size']}: {r['compiled_bf16']:,.0f} samples/s ({r['compiled_bf16'] / r['reference']:.2f}× the reference)"
+            for r in rows)]  # fmt: skip
     unit = "GPU MiB (max allocated)" if device.type == "cuda" else "MiB peak RSS"
     lines += ["", f"Peak memory, engine, demo models, one image: N = 1,000: {memory[1000]:,.0f} {unit}; "
               f"N = 100,000: {memory[100_000]:,.0f} {unit} (ratio {memory[100_000] / memory[1000]:.3f})."]  # fmt: skip

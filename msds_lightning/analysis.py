@@ -59,6 +59,16 @@ class Summary:
     acr: float
     abstain: float
     levels: list[LevelStats] = field(default_factory=list)
+    samples: float = float("nan")  # mean forward passes per image (the ``samples`` column), nan if absent
+
+
+def _with_samples(summaries: Sequence[Summary]) -> bool:
+    """Whether the tables get a samples-per-image column (some file records the samples it used)."""
+    return any(np.isfinite(s.samples) for s in summaries)
+
+
+def _samples_cell(s: Summary) -> str:
+    return f"{s.samples:,.0f}" if np.isfinite(s.samples) else "-"
 
 
 def summarize(results: Results, radii: Sequence[float] = CIFAR10_RADII) -> Summary:
@@ -81,6 +91,9 @@ def summarize(results: Results, radii: Sequence[float] = CIFAR10_RADII) -> Summa
         acr=average_certified_radius(results.radius, results.correct),
         abstain=float(np.mean(results.predict < 0)) if len(results) else float("nan"),
         levels=levels,
+        samples=float(np.mean(results.column("samples")))
+        if "samples" in results.columns and len(results)
+        else float("nan"),
     )
 
 
@@ -96,10 +109,13 @@ def _radius_label(r: float, first: bool) -> str:
 def format_markdown(summaries: Sequence[Summary]) -> str:
     """Markdown table: one row per file, certified accuracy at each radius (3 decimals), ACR (4), abstain."""
     radii = summaries[0].radii
+    with_samples = _with_samples(summaries)
     cols = ["file", *(_radius_label(r, i == 0) for i, r in enumerate(radii)), "ACR", "abstain"]
+    cols += ["samples/image"] if with_samples else []
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for s in summaries:
         cells = [s.name, *(f"{a:.3f}" for a in s.accuracy), f"{s.acr:.4f}", f"{s.abstain:.3f}"]
+        cells += [_samples_cell(s)] if with_samples else []
         lines.append("| " + " | ".join(cells) + " |")
     levels = [(s, lv) for s in summaries for lv in s.levels]
     if levels:
@@ -113,13 +129,21 @@ def format_latex(summaries: Sequence[Summary]) -> str:
     """A booktabs LaTeX table; the best certified accuracy per radius is bold."""
     radii = summaries[0].radii
     best = np.max(np.stack([s.accuracy for s in summaries]), axis=0)
-    spec = "l" + "c" * (len(radii) + 2)
-    out = [f"\\begin{{tabular}}{{{spec}}}", "\\toprule",
-           " & ".join(["", *(f"$r={r:g}$" for r in radii), "ACR", "abstain"]) + " \\\\", "\\midrule"]  # fmt: skip
+    with_samples = _with_samples(summaries)
+    spec = "l" + "c" * (len(radii) + 2 + with_samples)
+    head = [
+        "",
+        *(f"$r={r:g}$" for r in radii),
+        "ACR",
+        "abstain",
+        *(["samples/image"] if with_samples else []),
+    ]
+    out = [f"\\begin{{tabular}}{{{spec}}}", "\\toprule", " & ".join(head) + " \\\\", "\\midrule"]
     for s in summaries:
         cells = [f"\\textbf{{{a:.3f}}}" if a == b else f"{a:.3f}" for a, b in zip(s.accuracy, best)]
         name = s.name.replace("_", "\\_")
-        out.append(" & ".join([name, *cells, f"{s.acr:.4f}", f"{s.abstain:.3f}"]) + " \\\\")
+        extra = [_samples_cell(s).replace(",", "{,}")] if with_samples else []
+        out.append(" & ".join([name, *cells, f"{s.acr:.4f}", f"{s.abstain:.3f}", *extra]) + " \\\\")
     out += ["\\bottomrule", "\\end{tabular}"]
     return "\n".join(out) + "\n"
 
@@ -127,11 +151,12 @@ def format_latex(summaries: Sequence[Summary]) -> str:
 def format_csv(summaries: Sequence[Summary]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["file", "count", *(f"r={r:g}" for r in summaries[0].radii), "acr", "abstain"])
+    with_samples = _with_samples(summaries)
+    header = ["file", "count", *(f"r={r:g}" for r in summaries[0].radii), "acr", "abstain"]
+    writer.writerow(header + (["samples_per_image"] if with_samples else []))
     for s in summaries:
-        writer.writerow(
-            [s.name, s.count, *(repr(float(a)) for a in s.accuracy), repr(s.acr), repr(s.abstain)]
-        )
+        row = [s.name, s.count, *(repr(float(a)) for a in s.accuracy), repr(s.acr), repr(s.abstain)]
+        writer.writerow(row + ([repr(s.samples)] if with_samples else []))
     return buffer.getvalue()
 
 

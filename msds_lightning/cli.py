@@ -91,6 +91,14 @@ def _lightning_cli(model_class, argv: Sequence[str], prog: str, add_arguments=No
         sys.argv = real_argv
 
 
+def _certify_arguments(parser) -> None:
+    from .callbacks import CertificationWriter
+
+    parser.add_lightning_class_args(CertificationWriter, "results")
+    # adaptive sampling stops once more samples cannot certify an image at a further radius of the table
+    parser.link_arguments("results.radii", "model.radii")
+
+
 def run_certify(argv: Sequence[str]) -> int:
     """``msds certify``: :class:`CertifyModule`, any data module, and the result writer (``results``).
 
@@ -100,7 +108,6 @@ def run_certify(argv: Sequence[str]) -> int:
     """
     from lightning.pytorch.plugins.environments import SLURMEnvironment
 
-    from .callbacks import CertificationWriter
     from .modules import CertifyModule
 
     defaults = {"logger": False, "enable_checkpointing": False, "enable_model_summary": False}
@@ -111,7 +118,7 @@ def run_certify(argv: Sequence[str]) -> int:
         CertifyModule,
         argv,
         "msds certify",
-        add_arguments=lambda parser: parser.add_lightning_class_args(CertificationWriter, "results"),
+        add_arguments=_certify_arguments,
         save_config_callback=None,
         trainer_defaults=defaults,
     )

@@ -184,3 +184,44 @@ def test_multiscale_cascade_from_cli_matches_engine(assets, tmp_path, capsys):
     for k, c in enumerate(certs):  # per-level counts of every visited level are recorded
         for r in c.levels:
             assert int(res.columns[f"nA@{r.sigma:g}"][k]) == r.n_a
+
+
+def test_adaptive_sampling_from_cli_matches_engine_and_records_samples(assets, tmp_path, capsys):
+    """``--model.sampling adaptive``: the grid comes from ``results.radii``; rows equal the engine's, and
+    ``samples`` / ``N@σ`` record what each image actually used; ``msds analyze`` reports the mean."""
+    from msds_lightning.analysis import CIFAR10_RADII
+    from msds_lightning.smoothing import MultiScaleEngine
+    from msds_lightning.smoothing.adaptive import AdaptiveSampling
+
+    output = tmp_path / "adaptive.tsv"
+    extra = (
+        "--model.sigma=[0.25, 0.5]",
+        "--model.n=400",
+        "--model.sampling=adaptive",
+        "--model.first_checkpoint=50",
+    )
+    assert main(["certify", *overrides(assets, output, *extra)]) == 0
+    res = read_results(output)
+
+    denoiser = DiffusionDenoiser.from_pretrained(assets / "denoiser")
+    classifier = Classifier(
+        "test_vit", 10, checkpoint=assets / "classifier.safetensors", mean=[0.5] * 3, std=[0.5] * 3,
+        model_kwargs={"img_size": 32},
+    )  # fmt: skip
+    sampling = AdaptiveSampling(first=50, radii=CIFAR10_RADII)
+    engine = MultiScaleEngine(
+        DenoiseAndClassify(denoiser, classifier), 10, [0.5, 0.25], batch_size=50, sampling=sampling
+    )
+    dataset = CIFAR10DataModule(root=assets / "cifar10", max=N_IMAGES).predict_dataset()
+    images = torch.stack([dataset[k][0] for k in range(N_IMAGES)])
+    certs = engine.certify(images, list(range(N_IMAGES)), 16, 400, 0.001)
+    assert res.predict.tolist() == [c.prediction for c in certs]
+    assert res.columns["radius"] == [format_radius(c.radius) for c in certs]
+    assert res.column("samples", int).tolist() == [c.samples(16) for c in certs]
+    for k, c in enumerate(certs):
+        for r in c.levels:
+            assert int(res.columns[f"N@{r.sigma:g}"][k]) == r.n <= 400
+    assert main(["analyze", str(output)]) == 0
+    table = capsys.readouterr().out
+    assert "samples/image" in table.splitlines()[0]
+    assert f"{res.column('samples').mean():,.0f}" in table

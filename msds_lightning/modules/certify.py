@@ -18,6 +18,7 @@ from lightning.pytorch import LightningModule
 
 from ..models import DenoiseAndClassify
 from ..smoothing import NOISE_BLOCK, MultiScaleEngine, SmoothingEngine
+from ..smoothing.adaptive import AdaptiveSampling, check_sampling
 from ..smoothing.checks import check_alpha, check_count, check_num_classes, check_sigma
 from ..smoothing.multiscale import _check_p0, _check_sigmas
 
@@ -40,6 +41,21 @@ class CertifyModule(LightningModule):
     :param seed: noise seed; with the dataset index it keys every image's noise, so rows do not depend on
         batch sizes, the number of GPUs, or resumption
     :param noise_block: samples per RNG block (part of the reproducibility key; keep the default)
+    :param compile: ``torch.compile`` the base classifier with fixed shapes (``True`` or a mode name;
+        ``"reduce-overhead"`` adds CUDA graphs); see :class:`SmoothingEngine`. For bf16/fp16 set the
+        trainer's ``precision: bf16-mixed`` (autocast around each step): certificates then hold for the
+        reduced-precision classifier and no longer match fp32 runs bitwise.
+    :param sampling: ``"fixed"`` (n estimation samples per image and level, the field's procedure) or
+        ``"adaptive"``: n becomes a budget; samples are checked at checkpoints ``first_checkpoint ×
+        checkpoint_ratio^k`` (and n) with α split over them (union bound: the same 1 − α guarantee), and an
+        image or cascade level stops once more samples cannot change its answer (see
+        :mod:`msds_lightning.smoothing.adaptive`)
+    :param radii: adaptive stopping grid ([0,1] pixel units): stop once no radius of the grid lies between
+        the current radius and the best the budget could reach. The CLI links it to ``results.radii``
+    :param tolerance: adaptive: also stop once the budget could raise the radius by at most this much
+    :param first_checkpoint: adaptive: estimation samples at the first look
+    :param checkpoint_ratio: adaptive: growth factor between looks
+    :param final_share: adaptive: share of α kept for the last look (the budget n)
     """
 
     def __init__(
@@ -55,6 +71,13 @@ class CertifyModule(LightningModule):
         seed: int = 0,
         noise_block: int = NOISE_BLOCK,
         p0: float = 0.5,
+        compile: bool | str = False,
+        sampling: str = "fixed",
+        radii: list[float] | None = None,
+        tolerance: float = 0.0,
+        first_checkpoint: int = 1000,
+        checkpoint_ratio: float = 2.0,
+        final_share: float = 0.5,
     ):
         super().__init__()
         self.multiscale = isinstance(sigma, list | tuple)
@@ -73,19 +96,26 @@ class CertifyModule(LightningModule):
                     denoiser.timestep_for_sigma(s)
         else:
             self.base_classifier = _IgnoreSigma(classifier)
-        options = dict(seed=seed, batch_size=batch_size, noise_block=noise_block)
+        self.sampling = check_sampling(sampling)
+        adaptive = AdaptiveSampling(
+            first_checkpoint, checkpoint_ratio, final_share, tolerance, tuple(radii or ())
+        )
+        options = dict(
+            seed=seed, batch_size=batch_size, noise_block=noise_block, compile=compile,
+            sampling=adaptive if sampling == "adaptive" else None,
+        )  # fmt: skip
         if self.multiscale:
             self.engine = MultiScaleEngine(
                 self.base_classifier, self.num_classes, self.sigmas, self.p0, **options
             )
-            per_level = [f"{name}@{s:g}" for s in self.sigmas for name in ("c", "nA", "pL", "pU")]
-            self.extra_columns = ("level", "sigma", "stage", "n0", "n", "p0", *per_level)
+            per_level = [f"{name}@{s:g}" for s in self.sigmas for name in ("c", "nA", "N", "pL", "pU")]
+            self.extra_columns = ("level", "sigma", "stage", "n0", "n", "p0", "samples", *per_level)
         else:
             sigma = self.sigmas[0]
             self.engine = SmoothingEngine(
-                lambda x: self.base_classifier(x, sigma), self.num_classes, sigma, **options
+                _AtSigma(self.base_classifier, sigma), self.num_classes, sigma, **options
             )
-            self.extra_columns = ("sigma", "n0", "n", "nA", "pA_lower")
+            self.extra_columns = ("sigma", "n0", "n", "nA", "pA_lower", "samples")
         self.skip_indices: set[int] = (
             set()
         )  # finished images of an earlier, interrupted run (set by the writer)
@@ -108,14 +138,16 @@ class CertifyModule(LightningModule):
                 idx=i, label=y, predict=c.prediction, radius=c.radius, seconds=seconds, n0=self.n0, n=self.n
             )
             if self.multiscale:
-                row.update(level=c.level, sigma=c.sigma if c.level >= 0 else 0.0, stage=c.stage, p0=self.p0)
+                row.update(level=c.level, sigma=c.sigma if c.level >= 0 else 0.0, stage=c.stage, p0=self.p0,
+                           samples=c.samples(self.n0))  # fmt: skip
                 visited = {r.sigma: r for r in c.levels}
                 for s in self.sigmas:
                     r = visited.get(s)
                     row.update({f"c@{s:g}": r.selected if r else "", f"nA@{s:g}": r.n_a if r else "",
-                                f"pL@{s:g}": r.p_lower if r else "", f"pU@{s:g}": r.p_upper if r else ""})  # fmt: skip
+                                f"N@{s:g}": r.n if r else "", f"pL@{s:g}": r.p_lower if r else "",
+                                f"pU@{s:g}": r.p_upper if r else ""})  # fmt: skip
             else:
-                row.update(sigma=self.sigmas[0], nA=c.n_a, pA_lower=c.p_lower)
+                row.update(sigma=self.sigmas[0], n=c.n, nA=c.n_a, pA_lower=c.p_lower, samples=self.n0 + c.n)
             rows.append(row)
         return rows
 

@@ -27,6 +27,8 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+from .adaptive import CERTIFY, CONTINUE, AdaptiveSampling
+from .bounds import gaussian_radius
 from .checks import check_alpha, check_count, check_images, check_num_classes, check_sigma
 from .core import ABSTAIN, Certificate, decide, predict_from_counts, predicted_labels
 
@@ -51,18 +53,24 @@ def _noisy_batches(
     stream: Sequence[int],
     batch_size: int,
     noise_block: int,
+    start: int = 0,
+    pad: bool = False,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield ``(noisy, owner)`` batches of at most ``batch_size`` samples: ``num`` noisy copies per image,
-    image-major; ``owner[j]`` is the position in ``images`` of sample j."""
+    """Yield ``(noisy, owner)`` batches of at most ``batch_size`` samples: draws ``start .. start + num``
+    of each image's stream, image-major; ``owner[j]`` is the position in ``images`` of sample j. With
+    ``pad`` the last batch is filled up to ``batch_size`` with copies owned by -1 (fixed shapes for
+    ``torch.compile`` / CUDA graphs; their predictions are discarded)."""
     generator = torch.Generator(device=images.device)
     pieces: list[torch.Tensor] = []
     owners: list[torch.Tensor] = []
     filled = 0
+    first_block, end = start // noise_block, start + num
     for position, (x, index) in enumerate(zip(images, indices)):
-        for block, start in enumerate(range(0, num, noise_block)):
-            size = min(noise_block, num - start)
+        for block in range(first_block, -(-end // noise_block)):
+            lo, hi = block * noise_block, (block + 1) * noise_block
             generator.manual_seed(noise_seed(seed, index, stream, block))
-            noise = torch.randn((size, *x.shape), generator=generator, device=x.device, dtype=x.dtype)
+            noise = torch.randn((noise_block, *x.shape), generator=generator, device=x.device, dtype=x.dtype)
+            noise = noise[max(start, lo) - lo : min(end, hi) - lo]  # a block is always drawn whole
             noisy = x.unsqueeze(0) + noise * sigma  # same order as the reference: randn·σ, then add
             while noisy.shape[0] > 0:
                 take = min(batch_size - filled, noisy.shape[0])
@@ -73,6 +81,9 @@ def _noisy_batches(
                     yield torch.cat(pieces), torch.cat(owners)
                     pieces, owners, filled = [], [], 0
     if filled:
+        if pad:
+            pieces.append(pieces[-1][-1:].expand(batch_size - filled, *pieces[-1].shape[1:]))
+            owners.append(torch.full((batch_size - filled,), -1, dtype=torch.long, device=images.device))
         yield torch.cat(pieces), torch.cat(owners)
 
 
@@ -88,21 +99,26 @@ def sample_counts(
     stream: Sequence[int],
     batch_size: int,
     noise_block: int = NOISE_BLOCK,
+    start: int = 0,
+    pad: bool = False,
 ) -> torch.Tensor:
-    """Counts [B, num_classes] (on ``images``' device) of f(x_i + δ) over ``num`` draws per image.
+    """Counts [B, num_classes] (on ``images``' device) of f(x_i + δ) over draws ``start .. start + num``
+    of each image's stream (so counts of consecutive ranges add up to the counts of their union).
 
     ``images`` [B,C,H,W] hold pixels in [0,1]; σ is in the same units; ``indices`` are the images' dataset
-    indices, which key their noise streams.
+    indices, which key their noise streams; ``pad`` fills the last forward up to ``batch_size``.
     """
     count = images.shape[0]
-    counts = torch.zeros(count * num_classes, dtype=torch.long, device=images.device)
-    with torch.no_grad():
+    counts = torch.zeros(count * num_classes + 1, dtype=torch.long, device=images.device)
+    with torch.inference_mode():
         for noisy, owner in _noisy_batches(
-            images, indices, num, sigma, seed, stream, batch_size, noise_block
+            images, indices, num, sigma, seed, stream, batch_size, noise_block, start, pad
         ):
             labels = predicted_labels(base_classifier, noisy, num_classes)
-            counts += torch.bincount(owner * num_classes + labels, minlength=count * num_classes)
-    return counts.view(count, num_classes)
+            # padded samples (owner -1) land in the extra last bin, which is dropped
+            slot = torch.where(owner >= 0, owner * num_classes + labels, count * num_classes)
+            counts += torch.bincount(slot, minlength=count * num_classes + 1)
+    return counts[:-1].view(count, num_classes)
 
 
 class SmoothingEngine:
@@ -114,6 +130,18 @@ class SmoothingEngine:
     :param seed: run seed (>= 0); with the dataset index it keys every image's noise
     :param batch_size: noisy samples per forward pass
     :param noise_block: samples per RNG block (part of the reproducibility key; keep the default)
+    :param compile: ``torch.compile`` the base classifier (``True`` or a mode, e.g. ``"reduce-overhead"``
+        for CUDA graphs); every forward then has exactly ``batch_size`` samples (the last one is padded)
+        so it compiles once. Pays off on long runs; pack images so ``images × n0 >= batch_size``, since a
+        short selection forward is padded to the full batch.
+    :param autocast: ``"bf16"`` or ``"fp16"`` runs the base classifier under ``torch.autocast``. This
+        changes f's numerics: certificates are valid for the reduced-precision classifier actually
+        evaluated and no longer match fp32 runs bitwise. Meant for GPUs (slow on most CPUs).
+    :param sampling: ``None`` for fixed sampling (n estimation draws per image), or
+        :class:`~msds_lightning.smoothing.adaptive.AdaptiveSampling`: n becomes a budget, estimation
+        draws are checked at its checkpoints and an image stops once more cannot change its answer (same
+        (1 − α) guarantee, union bound over checkpoints). Draws ``0 .. n_k`` are the same noise as a fixed
+        run's, so an image that runs to the budget sees exactly the fixed run's samples.
     """
 
     ABSTAIN = ABSTAIN
@@ -127,21 +155,26 @@ class SmoothingEngine:
         seed: int = 0,
         batch_size: int = 1000,
         noise_block: int = NOISE_BLOCK,
+        compile: bool | str = False,
+        autocast: str | None = None,
+        sampling: AdaptiveSampling | None = None,
     ):
         self.base_classifier = base_classifier
+        self.sampling = sampling
         self.num_classes = check_num_classes(num_classes)
         self.sigma = check_sigma(sigma)
         self.seed = check_count(seed, "seed", minimum=0)
         self.batch_size = check_count(batch_size, "batch_size")
         self.noise_block = check_count(noise_block, "noise_block")
+        self.forward = AcceleratedForward(base_classifier, compile=compile, autocast=autocast)
 
     def counts(
-        self, images: torch.Tensor, indices: Sequence[int], num: int, stream: Sequence[int]
+        self, images: torch.Tensor, indices: Sequence[int], num: int, stream: Sequence[int], start: int = 0
     ) -> torch.Tensor:
-        """Class counts [B, num_classes] on the device for ``num`` draws per image in ``stream``."""
+        """Class counts [B, num_classes] on the device for draws ``start .. start + num`` per image in ``stream``."""
         return sample_counts(
-            self.base_classifier, images, indices, num, self.sigma, self.num_classes,
-            seed=self.seed, stream=stream, batch_size=self.batch_size, noise_block=self.noise_block,
+            self.forward, images, indices, num, self.sigma, self.num_classes, seed=self.seed, stream=stream,
+            batch_size=self.batch_size, noise_block=self.noise_block, start=start, pad=self.forward.fixed_shape,
         )  # fmt: skip
 
     def certify(
@@ -152,9 +185,39 @@ class SmoothingEngine:
         n0, n, alpha = check_count(n0, "n0"), check_count(n, "n"), check_alpha(alpha)
         _eval(self.base_classifier)
         selected = self.counts(images, indices, n0, (SELECTION,)).argmax(1)  # first max on ties
-        n_a = self.counts(images, indices, n, (ESTIMATION,)).gather(1, selected[:, None])[:, 0]
-        selected, n_a = selected.cpu().tolist(), n_a.cpu().tolist()
-        return [decide(c, k, n, alpha, self.sigma) for c, k in zip(selected, n_a)]
+        if self.sampling is None:
+            n_a = self.counts(images, indices, n, (ESTIMATION,)).gather(1, selected[:, None])[:, 0]
+            selected, n_a = selected.cpu().tolist(), n_a.cpu().tolist()
+            return [decide(c, k, n, alpha, self.sigma) for c, k in zip(selected, n_a)]
+        return self._certify_adaptive(images, indices, selected, self.sampling.plan(n, alpha))
+
+    def _certify_adaptive(self, images, indices, selected, plan) -> list[Certificate]:
+        """Sequential estimation over ``plan``'s checkpoints; images leave the batch once decided."""
+        selected_list = selected.cpu().tolist()
+        n_a = [0] * len(indices)
+        results: list[Certificate | None] = [None] * len(indices)
+        active, drawn = list(range(len(indices))), 0
+        for k, checkpoint in enumerate(plan.checkpoints):
+            counts = self.counts(
+                images[active], [indices[i] for i in active], checkpoint - drawn, (ESTIMATION,), drawn
+            )
+            hits = counts.gather(1, selected[active][:, None])[:, 0].cpu().tolist()
+            drawn, still = checkpoint, []
+            for i, hit in zip(active, hits):
+                n_a[i] += hit
+            codes, p_lowers = plan.steps(k, [n_a[i] for i in active], self.sigma)
+            for i, code, p_lower in zip(active, codes.tolist(), p_lowers.tolist()):
+                if code == CONTINUE:
+                    still.append(i)
+                    continue
+                c = selected_list[i]
+                certified = code == CERTIFY
+                radius = float(gaussian_radius(p_lower, self.sigma)) if certified else 0.0
+                results[i] = Certificate(c if certified else ABSTAIN, radius, c, n_a[i], checkpoint, p_lower)
+            active = still
+            if not active:
+                break
+        return results
 
     def predict(self, images: torch.Tensor, indices: Sequence[int], n: int, alpha: float) -> list[int]:
         """PREDICT each image (binomial test of the top two counts at level α); ``ABSTAIN`` when unsure."""
@@ -173,6 +236,38 @@ class SmoothingEngine:
         if any(i < 0 for i in indices):
             raise ValueError(f"indices must be dataset indices >= 0, got {indices}")
         return indices
+
+
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class AcceleratedForward:
+    """``f(x, *args)`` optionally compiled (fixed shapes) and/or under autocast; logits come back fp32.
+
+    :param fn: the base classifier (a module or callable)
+    :param compile: ``False``, ``True`` (default mode) or a ``torch.compile`` mode name
+    :param autocast: ``None``, ``"bf16"`` or ``"fp16"``
+    """
+
+    def __init__(self, fn: Callable, *, compile: bool | str = False, autocast: str | None = None):
+        if autocast is not None and autocast not in AUTOCAST_DTYPES:
+            raise ValueError(f"autocast must be None or one of {sorted(AUTOCAST_DTYPES)}, got {autocast!r}")
+        if not isinstance(compile, bool) and not isinstance(compile, str):
+            raise ValueError(f"compile must be a bool or a torch.compile mode name, got {compile!r}")
+        self.fn = fn
+        self.fixed_shape = compile is not False
+        self.compiled = None
+        if self.fixed_shape:
+            mode = None if compile is True else compile
+            self.compiled = torch.compile(fn, mode=mode, dynamic=False)
+        self.dtype = AUTOCAST_DTYPES.get(autocast) if autocast else None
+
+    def __call__(self, x: torch.Tensor, *args) -> torch.Tensor:
+        fn = self.fn if self.compiled is None else self.compiled
+        if self.dtype is None:
+            return fn(x, *args)
+        with torch.autocast(x.device.type, dtype=self.dtype):
+            return fn(x, *args).float()
 
 
 def _eval(module) -> None:

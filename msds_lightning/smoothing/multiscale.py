@@ -29,6 +29,7 @@ Units: x is [C,H,W] with pixels in [0,1]; σ and radii are l2 distances in [0,1]
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -37,10 +38,20 @@ import torch
 from scipy.stats import norm
 from statsmodels.stats.proportion import multinomial_proportions_confint
 
+from .adaptive import AdaptiveSampling, SequentialPlan, fixed_plan
 from .bounds import clopper_pearson_interval, clopper_pearson_lower
 from .checks import check_alpha, check_certify_call, check_count, check_images, check_num_classes, check_sigma
 from .core import ABSTAIN, reference_counts
-from .engine import ESTIMATION, NOISE_BLOCK, PREDICTION, SELECTION, SmoothingEngine, _eval, sample_counts
+from .engine import (
+    ESTIMATION,
+    NOISE_BLOCK,
+    PREDICTION,
+    SELECTION,
+    AcceleratedForward,
+    SmoothingEngine,
+    _eval,
+    sample_counts,
+)
 
 MIN_CATEGORY = 5  # classes with fewer samples are pooled before the Goodman intervals (as the official code)
 
@@ -88,6 +99,12 @@ class LevelRecord:
     p_lower: float
     p_upper: float
     counts: tuple[int, ...] = field(repr=False)
+    share: float = 1.0  # fraction of the stage's α its bounds were taken at (adaptive checkpoints)
+
+    @property
+    def n(self) -> int:
+        """Estimation samples drawn at this level."""
+        return int(sum(self.counts))
 
 
 @dataclass(frozen=True)
@@ -106,6 +123,10 @@ class MultiScaleCertificate:
     @property
     def abstained(self) -> bool:
         return self.prediction == ABSTAIN
+
+    def samples(self, n0: int) -> int:
+        """Forward passes spent on this image: n0 selection plus the estimation draws of each visited level."""
+        return sum(n0 + record.n for record in self.levels)
 
 
 def _check_sigmas(sigmas: Sequence[float]) -> tuple[float, ...]:
@@ -131,27 +152,48 @@ def cascade_decision(
     alpha: float,
     p0: float,
     passed: Sequence[LevelRecord],
+    *,
+    plan: SequentialPlan | None = None,
+    checkpoint: int = -1,
 ) -> tuple[str, MultiScaleCertificate | None, LevelRecord]:
-    """Decide one level from its counts: ``("answer", certificate)``, ``("abstain", certificate)`` or
-    ``("lower", None)``; ``passed`` are the records of the higher levels already passed."""  # fmt: skip
+    """Decide one level from its counts: ``("answer", certificate)``, ``("abstain", certificate)``,
+    ``("lower", None)`` or, with adaptive sampling, ``("continue", None)``; ``passed`` are the records of
+    the higher levels already passed.
+
+    ``plan`` (adaptive sampling) is this stage's schedule, whose levels add up to α_s = α/(s+1), and
+    ``checkpoint`` the index of the checkpoint ``counts`` were taken at: every bound of the stage is then
+    taken at α_s·(share of that checkpoint), so each one holds at whatever checkpoint sampling stopped
+    (union bound over checkpoints, :mod:`.adaptive`). Without a plan: one checkpoint with all of α_s.
+    """  # fmt: skip
     alpha_s = alpha / (stage + 1)
     n = int(np.sum(counts))
+    plan = plan or fixed_plan(n, alpha_s)
+    k = checkpoint % len(plan.checkpoints)
+    share = plan.alphas[k] / alpha_s
+    last = k == len(plan.checkpoints) - 1
     selected = int(np.argmax(counts_selection))  # first maximum: ties go to the lowest class
     n_a = int(counts[selected])
-    p_lower, p_upper = clopper_pearson_interval(n_a, n, alpha_s)
-    record = LevelRecord(sigma, selected, n_a, p_lower, p_upper, tuple(int(v) for v in counts))
+    p_lower, p_upper = clopper_pearson_interval(n_a, n, alpha_s * share)
+    record = LevelRecord(sigma, selected, n_a, p_lower, p_upper, tuple(int(v) for v in counts), share)
     history = (*passed, record)
     if p_lower >= p0:
-        radius = sigma * (norm.ppf(p_lower) - norm.ppf(p0))
-        for higher in passed:
-            p_other = off_class_upper_bound(np.asarray(higher.counts), selected, alpha_s)
-            radius = min(radius, higher.sigma * (norm.ppf(p0) - norm.ppf(p_other)))
-        if radius < 0:
+        off_class = min(
+            (higher.sigma * (norm.ppf(p0) - norm.ppf(off_class_upper_bound(np.asarray(higher.counts), selected, alpha_s * higher.share)))
+             for higher in passed), default=math.inf,
+        )  # fmt: skip
+        radius = min(sigma * (norm.ppf(p_lower) - norm.ppf(p0)), off_class)
+        if radius < 0:  # a higher level may switch to another class: more samples here cannot help
             return "abstain", MultiScaleCertificate(ABSTAIN, 0.0, -1, stage, sigma, history), record
+        if not last:
+            best = min(sigma * (norm.ppf(plan.best_lower(p_upper)) - norm.ppf(p0)), off_class)
+            if not plan.settled(radius, best):
+                return "continue", None, record
         return "answer", MultiScaleCertificate(selected, float(radius), stage, stage, sigma, history), record
     if p_upper >= p0:
-        return "abstain", MultiScaleCertificate(ABSTAIN, 0.0, -1, stage, sigma, history), record
-    return "lower", None, record
+        if last:
+            return "abstain", MultiScaleCertificate(ABSTAIN, 0.0, -1, stage, sigma, history), record
+        return "continue", None, record
+    return "lower", None, record  # this level cannot fire (proven below p0): go to the next lower σ
 
 
 class MultiScaleSmooth:
@@ -227,6 +269,11 @@ class MultiScaleEngine:
     with the same seed, so cascade rows are directly comparable with single-σ rows. Each level's bound is
     valid on its own; the union bound over levels needs no independence between them.
     Images that answer or abstain at a level are not sampled at lower levels.
+
+    Options ``seed``, ``batch_size``, ``noise_block``, ``compile``, ``autocast`` and ``sampling`` as
+    :class:`SmoothingEngine`. With adaptive ``sampling`` each level is sampled up to the checkpoints of
+    its own α_s and left as soon as it is proven below p0 (it cannot fire), or once its answer is settled;
+    so a cascade pays little for the levels that do not answer.
     """
 
     ABSTAIN = ABSTAIN
@@ -241,19 +288,25 @@ class MultiScaleEngine:
         seed: int = 0,
         batch_size: int = 1000,
         noise_block: int = NOISE_BLOCK,
+        compile: bool | str = False,
+        autocast: str | None = None,
+        sampling: AdaptiveSampling | None = None,
     ):
         self.base_classifier = base_classifier
+        self.sampling = sampling
         self.num_classes = check_num_classes(num_classes)
         self.sigmas = _check_sigmas(sigmas)
         self.p0 = _check_p0(p0)
         self.seed = check_count(seed, "seed", minimum=0)
         self.batch_size = check_count(batch_size, "batch_size")
         self.noise_block = check_count(noise_block, "noise_block")
+        self.forward = AcceleratedForward(base_classifier, compile=compile, autocast=autocast)
 
-    def _counts(self, images, indices, num, sigma, phase) -> np.ndarray:
+    def _counts(self, images, indices, num, sigma, phase, start: int = 0) -> np.ndarray:
         return sample_counts(
-            lambda z: self.base_classifier(z, sigma), images, indices, num, sigma, self.num_classes,
+            lambda z: self.forward(z, sigma), images, indices, num, sigma, self.num_classes,
             seed=self.seed, stream=(phase,), batch_size=self.batch_size, noise_block=self.noise_block,
+            start=start, pad=self.forward.fixed_shape,
         ).cpu().numpy()  # fmt: skip
 
     def certify(
@@ -270,18 +323,36 @@ class MultiScaleEngine:
                 break
             sub_images, sub_indices = images[active], [indices[k] for k in active]
             counts_selection = self._counts(sub_images, sub_indices, n0, sigma, SELECTION)
-            counts = self._counts(sub_images, sub_indices, n, sigma, ESTIMATION)
-            still = []
-            for row, k in enumerate(active):
-                outcome, cert, record = cascade_decision(
-                    stage, sigma, counts_selection[row], counts[row], alpha, self.p0, passed[k]
+            plan = (
+                self.sampling.plan(n, alpha / (stage + 1))
+                if self.sampling
+                else fixed_plan(n, alpha / (stage + 1))
+            )
+            counts = np.zeros((len(active), self.num_classes), dtype=np.int64)
+            pending, drawn, still = list(range(len(active))), 0, []
+            for checkpoint, size in enumerate(plan.checkpoints):
+                rows = [active[r] for r in pending]
+                counts[pending] += self._counts(
+                    images[rows], [indices[k] for k in rows], size - drawn, sigma, ESTIMATION, drawn
                 )
-                if cert is not None:
-                    results[k] = cert
-                else:
-                    passed[k].append(record)
-                    still.append(k)
-            active = still
+                drawn, undecided = size, []
+                for r in pending:
+                    k = active[r]
+                    outcome, cert, record = cascade_decision(
+                        stage, sigma, counts_selection[r], counts[r], alpha, self.p0, passed[k],
+                        plan=plan, checkpoint=checkpoint,
+                    )  # fmt: skip
+                    if outcome == "continue":
+                        undecided.append(r)
+                    elif cert is not None:
+                        results[k] = cert
+                    else:  # "lower": proven below p0 here, try the next σ
+                        passed[k].append(record)
+                        still.append(k)
+                pending = undecided
+                if not pending:
+                    break
+            active = sorted(still)
         last = len(self.sigmas) - 1
         for k in active:
             results[k] = MultiScaleCertificate(ABSTAIN, 0.0, -1, last, self.sigmas[-1], tuple(passed[k]))
