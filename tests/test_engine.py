@@ -111,3 +111,34 @@ BAD_ENGINE_CALLS = [
 def test_invalid_arguments_raise_clear_errors(word, call):
     with pytest.raises(ValueError, match=word.replace("[", r"\[").replace("]", r"\]")):
         call()
+
+
+def test_accelerated_forward_rejects_unknown_options():
+    from msds_lightning.smoothing import AcceleratedForward
+
+    with pytest.raises(ValueError, match="autocast"):
+        AcceleratedForward(torch.nn.Identity(), autocast="int8")
+    with pytest.raises(ValueError, match="compile"):
+        AcceleratedForward(torch.nn.Identity(), compile=3)
+
+
+def test_bf16_autocast_changes_numerics_not_the_procedure():
+    """bf16 logits (returned as fp32) still give valid counts; on a margin-free input the labels agree."""
+    torch.manual_seed(0)
+    f = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    x = torch.rand(2, 1, 4, 4)
+    fp32 = SmoothingEngine(f, 3, 0.1, batch_size=64).counts(x, [0, 1], 200, (1,))
+    bf16 = SmoothingEngine(f, 3, 0.1, batch_size=64, autocast="bf16").counts(x, [0, 1], 200, (1,))
+    assert bf16.sum(1).tolist() == [200, 200]
+    assert (fp32 - bf16).abs().sum() <= 0.1 * 400  # same classifier up to rounding near the boundaries
+
+
+@pytest.mark.slow
+def test_compiled_engine_counts_equal_eager():
+    """torch.compile with padded fixed shapes (slow: compiles on first call) gives the eager counts."""
+    torch.manual_seed(0)
+    f = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    x = torch.rand(3, 1, 4, 4)
+    eager = SmoothingEngine(f, 3, 0.25, batch_size=128).certify(x, [0, 1, 2], 50, 300, 0.01)
+    compiled = SmoothingEngine(f, 3, 0.25, batch_size=128, compile=True).certify(x, [0, 1, 2], 50, 300, 0.01)
+    assert [(c.selected, c.n_a) for c in eager] == [(c.selected, c.n_a) for c in compiled]

@@ -3,12 +3,15 @@
 * :class:`Smooth` — Cohen et al.'s CERTIFY/PREDICT, same random stream as locuslab/smoothing.
 * :class:`SmoothingEngine` — batched, per-image-seeded certification for throughput and distributed runs.
 * :class:`MultiScaleSmooth` / :class:`MultiScaleEngine` — cascaded smoothing over several σ (MSDS).
+* :class:`AdaptiveSampling` — adaptive (sequential) sampling for both engines: same (1 − α) guarantee,
+  far fewer samples (union bound over fixed checkpoints).
 * Clopper–Pearson bounds and the Gaussian radius in :mod:`.bounds`.
 
 Units: images are [C,H,W] (or [B,C,H,W]) tensors with pixels in [0,1]; σ and radii are l2 distances in
 those [0,1] pixel units.
 """
 
+from .adaptive import AdaptiveSampling, SequentialPlan
 from .bounds import (
     binomial_test_pvalue,
     clopper_pearson_interval,
@@ -17,7 +20,16 @@ from .bounds import (
     gaussian_radius,
 )
 from .core import ABSTAIN, Certificate, Smooth, decide, predict_from_counts
-from .engine import ESTIMATION, NOISE_BLOCK, PREDICTION, SELECTION, SmoothingEngine, noise_seed, sample_counts
+from .engine import (
+    ESTIMATION,
+    NOISE_BLOCK,
+    PREDICTION,
+    SELECTION,
+    AcceleratedForward,
+    SmoothingEngine,
+    noise_seed,
+    sample_counts,
+)
 from .multiscale import (
     MultiScaleCertificate,
     MultiScaleEngine,
@@ -28,6 +40,9 @@ from .multiscale import (
 
 __all__ = [
     "ABSTAIN",
+    "AcceleratedForward",
+    "AdaptiveSampling",
+    "SequentialPlan",
     "Certificate",
     "ESTIMATION",
     "NOISE_BLOCK",
