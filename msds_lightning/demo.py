@@ -4,10 +4,13 @@ Stages (each one of the project's own configs under ``configs/digits/``, run in 
 
 1. ``pretrain``   — DDPM pre-training of a small denoiser          → outputs/demo/denoiser/
 2. ``classifier`` — training of the base classifier (clean digits)  → outputs/demo/classifier.safetensors
-3. ``finetune``   — MSDS fine-tuning of the denoiser                → outputs/demo/denoiser_msds/
-4. ``certify``    — the test split, same seeds and N for every row: denoised smoothing at σ = 0.125, 0.25,
-   0.5; the cascade with the pretrained denoiser; the cascade with the fine-tuned one → outputs/demo/certify/
-5. ``report``     — markdown table + certified-accuracy plot        → outputs/demo/report/
+3. ``noisy_classifier`` — the same CNN trained with noise σ' = 0.125 (DiffSmooth's local-smoothing
+   classifier)                                                     → outputs/demo/classifier_noise0.125.safetensors
+4. ``finetune``   — MSDS fine-tuning of the denoiser                → outputs/demo/denoiser_msds/
+5. ``certify``    — the test split, same seeds and N for every row: denoised smoothing at σ = 0.125, 0.25,
+   0.5; DiffSmooth at σ = 0.25 (σ' = 0.125, m = 5); the cascade with the pretrained denoiser; the cascade
+   with the fine-tuned one                                          → outputs/demo/certify/
+6. ``report``     — markdown table + certified-accuracy plot        → outputs/demo/report/
 
 Asking for a stage also runs the earlier stages whose outputs are missing. Retraining a model deletes the
 certification results made with the old one. Paths are relative to ``workdir`` (default: the current
@@ -24,7 +27,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-STAGES = ("pretrain", "classifier", "finetune", "certify", "report")
+STAGES = ("pretrain", "classifier", "noisy_classifier", "finetune", "certify", "report")
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "digits"
 OUT = Path("outputs/demo")
 RADII = (0.0, 0.125, 0.25, 0.375, 0.5, 0.75, 1.0)
@@ -36,6 +39,7 @@ SIGMAS = (0.125, 0.25, 0.5)
 CERTIFY_RUNS = [
     *((f"dds_sigma{s:g}", f"denoised smoothing, σ = {s:g}", "certify_dds.yaml", [f"--model.sigma={s}"])
       for s in SIGMAS),
+    ("diffsmooth_sigma0.25", "DiffSmooth, σ = 0.25 (local σ' = 0.125, m = 5)", "certify_diffsmooth.yaml", []),
     ("msds_pretrained", "cascade {0.125, 0.25, 0.5}, pretrained denoiser", "certify_msds.yaml",
      [f"--model.denoiser.init_args.path={OUT / 'denoiser'}"]),
     ("msds_finetuned", "cascade {0.125, 0.25, 0.5}, MSDS fine-tuned denoiser", "certify_msds.yaml",
@@ -45,6 +49,7 @@ CERTIFY_RUNS = [
 QUICK = {  # a reduced demo: the same code path with few steps and images (tests)
     "pretrain": ["--trainer.max_steps=20", "--trainer.val_check_interval=10"],
     "classifier": ["--trainer.max_epochs=1"],
+    "noisy_classifier": ["--trainer.max_epochs=1"],
     "finetune": ["--trainer.max_steps=4", "--trainer.val_check_interval=2"],
     "certify": ["--model.n0=10", "--model.n=40", "--data.init_args.max=24"],
 }
@@ -52,6 +57,7 @@ QUICK = {  # a reduced demo: the same code path with few steps and images (tests
 STAGE_OUTPUT = {
     "pretrain": OUT / "denoiser" / "denoiser_config.json",
     "classifier": OUT / "classifier.safetensors",
+    "noisy_classifier": OUT / "classifier_noise0.125.safetensors",
     "finetune": OUT / "denoiser_msds" / "denoiser_config.json",
 }
 
@@ -157,6 +163,8 @@ def run_demo(
                 _run("pretrain-denoiser", "pretrain_denoiser.yaml", extra)
             elif stage == "classifier":
                 _run("train-classifier", "train_classifier.yaml", extra)
+            elif stage == "noisy_classifier":
+                _run("train-classifier", "train_classifier_noisy.yaml", extra)
             elif stage == "finetune":
                 _run("finetune", "finetune_msds.yaml", extra)
             elif stage == "certify":

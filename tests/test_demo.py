@@ -26,10 +26,16 @@ def test_every_report_artefact(demo):
         assert res.idx.tolist() == list(range(24))  # data.max = 24 in quick mode
     report = (out / "report" / "report.md").read_text()
     assert report == text and "| cascade {0.125, 0.25, 0.5}, MSDS fine-tuned denoiser |" in report
+    assert "| DiffSmooth, σ = 0.25 (local σ' = 0.125, m = 5) |" in report
     assert "Base classifier, clean test accuracy" in report
     png = (out / "report" / "certified_accuracy.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
-    for path in ("denoiser/unet", "denoiser_msds/unet", "classifier.safetensors"):
+    for path in (
+        "denoiser/unet",
+        "denoiser_msds/unet",
+        "classifier.safetensors",
+        "classifier_noise0.125.safetensors",
+    ):
         assert (out / path).exists()
 
 
