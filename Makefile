@@ -11,13 +11,19 @@ MSDS   := $(BIN)/msds
 help: ## show this help
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
 
+# AutoAttack for `msds attack`. --no-deps: every torchattacks release pins requests~=2.25.1 (it never
+# imports requests), which would downgrade requests/urllib3 under wandb and huggingface_hub.
+TORCHATTACKS := torchattacks==3.5.1
+
 install: ## create .venv and install the package with its dev extras (uv if available, else pip)
 	@if $(PY) -m uv --version >/dev/null 2>&1 || $(PY) -m pip install -q uv; then \
 		[ -x $(PYTHON) ] || $(PY) -m uv venv -q -p $(PY) $(VENV); \
 		$(PY) -m uv pip install -q --python $(PYTHON) -e ".[dev]"; \
+		$(PY) -m uv pip install -q --python $(PYTHON) --no-deps "$(TORCHATTACKS)"; \
 	else \
 		[ -x $(PYTHON) ] || $(PY) -m venv $(VENV); \
 		$(PYTHON) -m pip install -q -e ".[dev]"; \
+		$(PYTHON) -m pip install -q --no-deps "$(TORCHATTACKS)"; \
 	fi
 	@$(PYTHON) -c "import torch, torchvision, lightning, diffusers, timm; print('installed: torch', torch.__version__, '| torchvision', torchvision.__version__, '| lightning', lightning.__version__)"
 

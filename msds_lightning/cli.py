@@ -11,6 +11,13 @@
     the embedded default on scikit-learn digits.
 ``msds convert-openai SRC.pt DST_DIR --kind {improved-cifar10,guided-256}``
     OpenAI diffusion UNet checkpoint -> diffusers folder that ``DiffusionDenoiser.from_pretrained`` loads.
+``msds generate --denoiser DIR --num-per-class N --num-classes K --output FILE.npz [--steps 20]
+[--filter-classifier-name NAME --filter-checkpoint F --keep-per-class K]``
+    sample a class-conditional diffusion UNet (EDM Heun) into generated training data.
+``msds adversarial-train -c CONFIG.yaml``
+    TRADES / PGD adversarial training on real (+ generated) data (LightningCLI ``fit``).
+``msds attack --model-name NAME --checkpoint FILE ... --output FILE.tsv``
+    empirical robustness: clean, PGD-k and AutoAttack accuracy, one row per image.
 
 Each argparse sub-command registers itself in ``COMMANDS`` (name → (help, add_arguments, run)); the
 delegated ones in ``DELEGATED_COMMANDS`` (LightningCLI commands, ``demo``) take the rest of the command line as LightningCLI arguments.
@@ -148,6 +155,18 @@ def _run_convert(argv: Sequence[str]) -> int:
     return convert_main(argv)
 
 
+def _run_generate(argv: Sequence[str]) -> int:
+    from .generate import main as generate_main
+
+    return generate_main(argv)
+
+
+def _run_attack(argv: Sequence[str]) -> int:
+    from .attack_cli import main as attack_main
+
+    return attack_main(argv)
+
+
 def _fit_command(module_path: str, prog: str) -> Callable[[Sequence[str]], int]:
     """A training command: ``fit`` of the module at ``module_path``; ``--ckpt_path`` resumes
     (a path, or ``last`` for the newest checkpoint of the run's ModelCheckpoint)."""
@@ -189,6 +208,15 @@ DELEGATED_COMMANDS: dict[str, tuple[str, Callable[[Sequence[str]], int]]] = {
         "train a timm classifier (optionally with Gaussian noise augmentation)",
         _fit_command("msds_lightning.modules.ClassifierModule", "msds train-classifier"),
     ),
+    "adversarial-train": (
+        "TRADES / PGD adversarial training on real and diffusion-generated data",
+        _fit_command("msds_lightning.modules.AdversarialTrainingModule", "msds adversarial-train"),
+    ),
+    "generate": (
+        "sample a class-conditional diffusion UNet (EDM Heun) into an .npz of generated training data",
+        _run_generate,
+    ),
+    "attack": ("empirical robustness: clean, PGD-k and AutoAttack (torchattacks) accuracy", _run_attack),
     "demo": ("the embedded default: the MSDS story on scikit-learn digits in minutes on a CPU", _run_demo),
     "convert-openai": (
         "convert an OpenAI improved-/guided-diffusion UNet checkpoint to a diffusers denoiser folder",

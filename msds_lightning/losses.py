@@ -58,3 +58,26 @@ def msds_loss(
     ac = anti_consistency_loss(probs, labels, include_true_class)
     total = r * brier + lambda_ac * (1.0 - r) * ac + lambda_dm * diffusion_mse
     return {"loss": total, "brier": brier, "anti_consistency": ac, "diffusion_mse": diffusion_mse}
+
+
+def trades_kl(logits_natural: torch.Tensor, logits_adversarial: torch.Tensor) -> torch.Tensor:
+    """KL(softmax(natural) ‖ softmax(adversarial)), summed over classes, mean over the batch (TRADES)."""
+    return F.kl_div(
+        F.log_softmax(logits_adversarial, dim=1), F.log_softmax(logits_natural, dim=1), reduction="batchmean",
+        log_target=True,
+    )  # fmt: skip
+
+
+def trades_loss(
+    logits_natural: torch.Tensor,
+    logits_adversarial: torch.Tensor,
+    labels: torch.Tensor,
+    beta: float = 5.0,
+    label_smoothing: float = 0.0,
+) -> dict[str, torch.Tensor]:
+    """TRADES (Zhang et al. 2019) as trained with generated data (Wang, Pang et al. 2023):
+    CE_ls(f(x), y) + β·KL(softmax f(x) ‖ softmax f(x_adv)); the natural distribution is *not* detached
+    in this outer loss. Returns the total and its two parts (scalars)."""
+    natural = F.cross_entropy(logits_natural, labels, label_smoothing=label_smoothing)
+    robust = trades_kl(logits_natural, logits_adversarial)
+    return {"loss": natural + beta * robust, "natural": natural, "robust": robust}

@@ -27,6 +27,8 @@ def test_every_report_artefact(demo):
     report = (out / "report" / "report.md").read_text()
     assert report == text and "| cascade {0.125, 0.25, 0.5}, MSDS fine-tuned denoiser |" in report
     assert "| DiffSmooth, σ = 0.25 (local σ' = 0.125, m = 5) |" in report
+    assert "## Empirical robustness" in report and "| TRADES, real + generated (1 : 1 per batch) |" in report
+    assert (out / "generated_digits.npz").is_file() and len(list((out / "attack").glob("trades_*.tsv"))) == 2
     assert "Base classifier, clean test accuracy" in report
     png = (out / "report" / "certified_accuracy.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000

@@ -1,4 +1,4 @@
-"""CIFAR-10 from a local torchvision-format folder."""
+"""CIFAR-10 and CIFAR-100 from local torchvision-format folders."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 from torchvision import transforms
-from torchvision.datasets import CIFAR10
+from torchvision.datasets import CIFAR10, CIFAR100
 
 from msds_lightning.data.datasets import ImageDataModule
 
@@ -22,6 +22,12 @@ class _CIFAR10NoChecksum(CIFAR10):
     train_list = [[name, None] for name, _ in CIFAR10.train_list]
     test_list = [[name, None] for name, _ in CIFAR10.test_list]
     meta = {**CIFAR10.meta, "md5": None}
+
+
+class _CIFAR100NoChecksum(CIFAR100):
+    train_list = [[name, None] for name, _ in CIFAR100.train_list]
+    test_list = [[name, None] for name, _ in CIFAR100.test_list]
+    meta = {**CIFAR100.meta, "md5": None}
 
 
 class CIFAR10DataModule(ImageDataModule):
@@ -49,6 +55,12 @@ class CIFAR10DataModule(ImageDataModule):
     val_split = "test"
     num_classes = 10
     image_shape = (3, 32, 32)
+    name, torchvision_cls, unchecked_cls, archive = (
+        "CIFAR-10",
+        CIFAR10,
+        _CIFAR10NoChecksum,
+        "cifar-10-python.tar.gz",
+    )
 
     def __init__(
         self,
@@ -72,7 +84,7 @@ class CIFAR10DataModule(ImageDataModule):
 
     def prepare_data(self) -> None:
         if self.download:
-            CIFAR10(self.root, train=True, download=True)
+            self.torchvision_cls(self.root, train=True, download=True)
 
     def build_dataset(self, split: str, train: bool) -> Dataset:
         if split not in self.splits:
@@ -90,27 +102,52 @@ class CIFAR10DataModule(ImageDataModule):
             )
         else:
             transform = transforms.ToTensor()
-        dataset_cls = CIFAR10 if self.verify_checksums else _CIFAR10NoChecksum
+        dataset_cls = self.torchvision_cls if self.verify_checksums else self.unchecked_cls
         try:
             return dataset_cls(self.root, train=split == "train", transform=transform)
         except RuntimeError as err:  # torchvision's "not found or corrupted"
             raise RuntimeError(
-                f"CIFAR-10 files in {self.root / CIFAR10_FOLDER} failed torchvision's md5 check ({err}). "
-                f"Re-extract cifar-10-python.tar.gz from {CIFAR10.url} there, or set verify_checksums: false."
+                f"{self.name} files in {self.root / self._folder} failed torchvision's md5 check ({err}). "
+                f"Re-extract {self.archive} from {self.torchvision_cls.url} there, or set verify_checksums: false."
             ) from err
 
+    @property
+    def _folder(self) -> str:
+        return self.torchvision_cls.base_folder
+
+    @property
+    def _files(self) -> tuple[str, ...]:
+        cls = self.torchvision_cls
+        return tuple(name for name, _ in cls.train_list + cls.test_list) + (cls.meta["filename"],)
+
     def _missing_files(self) -> list[str]:
-        return [name for name in CIFAR10_FILES if not (self.root / CIFAR10_FOLDER / name).is_file()]
+        return [name for name in self._files if not (self.root / self._folder / name).is_file()]
 
     def _check_root(self) -> None:
-        folder = self.root / CIFAR10_FOLDER
+        folder = self.root / self._folder
         missing = self._missing_files()
         if missing:
             what = (
                 f"{folder} does not exist" if not folder.is_dir() else f"{folder} lacks {', '.join(missing)}"
             )
             raise FileNotFoundError(
-                f"CIFAR-10 not found: {what}. Set download: true (needs internet), or download "
-                f"cifar-10-python.tar.gz (the python version) from {CIFAR10.url} and extract it into {self.root} "
-                f"so that {folder} holds {', '.join(CIFAR10_FILES)}."
+                f"{self.name} not found: {what}. Set download: true (needs internet), or download "
+                f"{self.archive} (the python version) from {self.torchvision_cls.url} and extract it into "
+                f"{self.root} so that {folder} holds {', '.join(self._files)}."
             )
+
+
+class CIFAR100DataModule(CIFAR10DataModule):
+    """CIFAR-100 (100 fine classes, 3×32×32); same arguments and layout conventions as
+    :class:`CIFAR10DataModule`, with ``root`` holding ``cifar-100-python/``."""
+
+    num_classes = 100
+    name, torchvision_cls, unchecked_cls, archive = (
+        "CIFAR-100",
+        CIFAR100,
+        _CIFAR100NoChecksum,
+        "cifar-100-python.tar.gz",
+    )
+
+    def __init__(self, root: str | Path = "data/cifar100", **kwargs) -> None:
+        super().__init__(root, **kwargs)

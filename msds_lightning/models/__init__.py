@@ -1,7 +1,7 @@
 """Models: the one-shot diffusion denoiser, the [0, 1]-pixel classifier wrapper, their composition and
 DiffSmooth's local smoothing."""
 
-from msds_lightning.models import nets  # noqa: F401  (registers msds_* models in timm's factory)
+from msds_lightning.models import nets, wrn  # noqa: F401  (registers msds_* models in timm's factory)
 from msds_lightning.models.classifier import Classifier, DenoiseAndClassify
 from msds_lightning.models.denoiser import DiffusionDenoiser
 from msds_lightning.models.local_smoothing import LocalSmoothing

@@ -186,10 +186,15 @@ class DiffusionDenoiser(nn.Module):
         )
 
     def diffusion_loss(
-        self, x: torch.Tensor, t: torch.Tensor | None = None, noise: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+        class_labels: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Per-sample DDPM training loss (mean squared error of the UNet's prediction), for images ``x``
-        [B, C, H, W] in [0, 1]; ``t`` defaults to uniform timesteps, ``noise`` to N(0, I)."""
+        [B, C, H, W] in [0, 1]; ``t`` defaults to uniform timesteps, ``noise`` to N(0, I);
+        ``class_labels`` [B] for a class-conditional UNet (``num_class_embeds``, e.g. a data generator)."""
         self._check_input(x)
         x0 = 2.0 * x - 1.0
         if t is None:
@@ -200,7 +205,7 @@ class DiffusionDenoiser(nn.Module):
             self._gather(self.sqrt_alphas_cumprod, t, x0) * x0
             + self._gather(self.sqrt_one_minus_alphas_cumprod, t, x0) * noise
         )
-        error = self.model_output(x_t, t) - self.target(x0, noise, t)
+        error = self.model_output(x_t, t, class_labels) - self.target(x0, noise, t)
         return error.pow(2).flatten(1).mean(1)
 
     def forward(self, x_noisy: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
@@ -239,7 +244,9 @@ class DiffusionDenoiser(nn.Module):
             x0 = sqrt_alpha * x_t - sqrt_one_minus_alpha * model_output
         return x0
 
-    def model_output(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def model_output(
+        self, x_t: torch.Tensor, t: torch.Tensor, class_labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """UNet prediction (its first ``in_channels`` channels) for ``x_t``, in ``x_t``'s dtype."""
         # Always a float tensor: diffusers turns a Python float timestep into int64 and would drop the .5 of
         # a rescaled timestep such as 289.5.
@@ -249,7 +256,9 @@ class DiffusionDenoiser(nn.Module):
 
         height, width = x_t.shape[-2:]
         sample = self._pad(x_t) if self.pad_to is not None else x_t
-        output = self.unet(sample.to(self.unet.dtype), timesteps, return_dict=False)[0]
+        output = self.unet(
+            sample.to(self.unet.dtype), timesteps, class_labels=class_labels, return_dict=False
+        )[0]
         output = output[:, : self.in_channels].to(x_t.dtype)
         if self.pad_to is not None:
             top, left = (self.pad_to - height) // 2, (self.pad_to - width) // 2

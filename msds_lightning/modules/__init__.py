@@ -1,8 +1,15 @@
 """Lightning modules: they orchestrate; the networks live in :mod:`msds_lightning.models`."""
 
+from .adversarial import AdversarialTrainingModule
 from .certify import CertifyModule
 from .classifier_train import ClassifierModule
 from .denoiser_pretrain import DenoiserPretrainModule
 from .finetune import DenoiserFinetuneModule
 
-__all__ = ["CertifyModule", "ClassifierModule", "DenoiserFinetuneModule", "DenoiserPretrainModule"]
+__all__ = [
+    "AdversarialTrainingModule",
+    "CertifyModule",
+    "ClassifierModule",
+    "DenoiserFinetuneModule",
+    "DenoiserPretrainModule",
+]

@@ -61,10 +61,18 @@ class DenoiserPretrainModule(LightningModule):
         self.val_loss = MeanMetric()
         self.val_psnr = torch.nn.ModuleList(PeakSignalNoiseRatio(data_range=1.0) for _ in self.val_sigmas)
 
+    @property
+    def class_conditional(self) -> bool:
+        """A UNet with class embeddings (``num_class_embeds``): a data generator trained on (x, y)."""
+        return bool(getattr(self.denoiser.unet.config, "num_class_embeds", None))
+
+    def _labels(self, batch):
+        return batch[1] if self.class_conditional else None
+
     def training_step(self, batch, batch_idx):
         x = batch[0]
         t = torch.randint(0, self.max_timestep + 1, (x.shape[0],), device=x.device)
-        loss = self.denoiser.diffusion_loss(x, t).mean()
+        loss = self.denoiser.diffusion_loss(x, t, class_labels=self._labels(batch)).mean()
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
@@ -74,7 +82,10 @@ class DenoiserPretrainModule(LightningModule):
         g = torch.Generator(device=x.device).manual_seed(batch_idx)
         t = torch.randint(0, self.max_timestep + 1, (x.shape[0],), generator=g, device=x.device)
         noise = torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype)
-        self.val_loss.update(self.denoiser.diffusion_loss(x, t, noise))
+        labels = self._labels(batch)
+        self.val_loss.update(self.denoiser.diffusion_loss(x, t, noise, class_labels=labels))
+        if labels is not None:  # a class-conditional generator is not used as a denoiser: no PSNR
+            return
         for sigma, psnr in zip(self.val_sigmas, self.val_psnr):
             delta = torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype) * sigma
             psnr.update(self.denoiser(x + delta, sigma), x)
@@ -83,6 +94,8 @@ class DenoiserPretrainModule(LightningModule):
         self.log("val/loss", self.val_loss.compute(), prog_bar=True)
         self.val_loss.reset()
         for sigma, psnr in zip(self.val_sigmas, self.val_psnr):
+            if self.class_conditional:
+                break
             self.log(f"val/psnr@{sigma:g}", psnr.compute())
             psnr.reset()
 

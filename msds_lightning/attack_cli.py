@@ -1,0 +1,363 @@
+"""``msds attack``: empirical robustness of a classifier under PGD-k and AutoAttack (torchattacks).
+
+Example (CIFAR-10, ℓ∞ 8/255, the DM-Improves-AT evaluation)::
+
+    msds attack --model-name wide_resnet28_10_swish --num-classes 10 --checkpoint weights-best.safetensors \\
+        --mean 0.4914 0.4822 0.4465 --std 0.2471 0.2435 0.2616 \\
+        --data cifar10 --root data/cifar10 --norm linf --eps 8/255 --output outputs/attack/cifar10.tsv
+
+Output: a tab-separated file with one row per image (see :data:`COLUMNS`) and a markdown summary
+(``OUTPUT`` with suffix ``.md``, also printed). An existing output is resumed (finished indices skipped) when
+it was written with the same settings (``OUTPUT.args.json``); ``--overwrite`` starts afresh.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from fractions import Fraction
+from pathlib import Path
+
+import torch
+
+ATTACKS = ("pgd", "autoattack")
+# Column prefix of each attack in the result file.
+PREFIX = {"pgd": "pgd", "autoattack": "aa"}
+DATASETS = ("cifar10", "cifar100", "digits")
+
+
+def columns(attacks: Sequence[str]) -> tuple[str, ...]:
+    """Header of the result file for the attacks run, e.g. for both::
+
+        idx label clean_pred pgd_pred aa_pred clean_correct pgd_correct aa_correct worst_correct
+
+    ``*_pred`` are predicted classes (an attack's prediction on an image misclassified when clean is the
+    clean prediction: such images are not attacked). ``clean_correct`` is 1 if the clean prediction is the
+    label; ``{attack}_correct`` is 1 if the image is classified correctly clean *and* after the attack;
+    ``worst_correct`` is 1 if it is correct clean and after every attack run (robust to all of them).
+    """
+    names = [PREFIX[a] for a in attacks]
+    return ("idx", "label", "clean_pred", *(f"{n}_pred" for n in names), "clean_correct",
+            *(f"{n}_correct" for n in names), "worst_correct")  # fmt: skip
+
+
+COLUMNS = columns(ATTACKS)
+
+
+def parse_eps(text: str) -> float:
+    """``"8/255"``, ``"0.5"`` or ``"128/255"`` → float (>= 0)."""
+    try:
+        value = float(Fraction(text.strip()))
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(
+            f"expected a number or a fraction like 8/255, got {text!r}"
+        ) from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"eps must be >= 0, got {text!r}")
+    return value
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"invalid JSON ({err}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"in_chans\": 1}}', got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="msds attack",
+        description="Empirical robustness: clean, PGD-k and AutoAttack accuracy of a classifier, per image.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    c = p.add_argument_group("classifier (msds_lightning.models.Classifier: [0,1] pixels -> logits)")
+    c.add_argument(
+        "--model-name", required=True, help="timm model name, e.g. msds_small_cnn or wide_resnet28_10"
+    )
+    c.add_argument("--num-classes", type=int, default=None, help="logits (None: the data set's class count)")
+    c.add_argument("--checkpoint", required=True, help="local weight file (.safetensors, .pt, .pth)")
+    c.add_argument(
+        "--mean",
+        type=float,
+        nargs="+",
+        default=None,
+        help="per-channel mean (None: timm's pretrained config)",
+    )
+    c.add_argument(
+        "--std", type=float, nargs="+", default=None, help="per-channel std (None: timm's pretrained config)"
+    )
+    c.add_argument("--input-size", type=int, default=None, help="resize inputs to N x N before the model")
+    c.add_argument("--interpolation", default="bicubic", choices=("nearest", "bilinear", "bicubic", "area"))
+    c.add_argument("--model-kwargs", type=_json_object, default={}, metavar="JSON",
+                   help='extra timm.create_model arguments, e.g. \'{"in_chans": 1}\'')  # fmt: skip
+
+    d = p.add_argument_group("data (images in [0, 1]; index = position in the split, as in certification)")
+    d.add_argument("--data", choices=DATASETS, default="cifar10")
+    d.add_argument("--root", default=None, help="data folder (cifar10: holds cifar-10-batches-py/; cifar100: "
+                   "cifar-100-python/); None: data/cifar10 or data/cifar100")  # fmt: skip
+    d.add_argument("--split", choices=("test", "train"), default="test")
+    d.add_argument("--skip", type=int, default=1, help="every SKIP-th image")
+    d.add_argument("--max", type=int, default=-1, help="only indices below MAX (negative: all)")
+    d.add_argument("--digits-size", type=int, default=8, help="digits: image size (the demo's: 8)")
+    d.add_argument("--digits-channels", type=int, choices=(1, 3), default=1, help="digits: channels")
+    d.add_argument("--num-workers", type=int, default=2, help="DataLoader workers")
+
+    a = p.add_argument_group("threat model and attacks")
+    a.add_argument("--norm", choices=("linf", "l2"), default="linf")
+    a.add_argument("--eps", type=parse_eps, default=parse_eps("8/255"),
+                   help="radius in [0,1] pixel units; fractions allowed (8/255, 128/255)")  # fmt: skip
+    a.add_argument("--attacks", nargs="+", choices=ATTACKS, default=list(ATTACKS))
+    a.add_argument("--pgd-steps", type=int, default=20)
+    a.add_argument("--pgd-step-size", type=parse_eps, default=None,
+                   help="None: 2.5*eps/steps (linf), 2*eps/steps (l2)")  # fmt: skip
+    a.add_argument("--pgd-loss", choices=("ce", "cw"), default="ce", help="cw: margin loss (DM-Improves-AT's "
+                   "checkpoint selection uses PGD-40 with it)")  # fmt: skip
+    a.add_argument("--pgd-restarts", type=int, default=1, help="worst case over restarts")
+    a.add_argument("--aa-version", choices=("standard", "plus", "rand"), default="standard")
+
+    r = p.add_argument_group("run")
+    r.add_argument("--batch-size", type=int, default=128)
+    r.add_argument("--seed", type=int, default=0, help="PGD starts and AutoAttack's seed")
+    r.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    r.add_argument("--output", required=True, help="result TSV; the summary goes to the same name with .md")
+    r.add_argument("--overwrite", action="store_true", help="replace an existing output instead of resuming")
+    return p
+
+
+# ------------------------------------------------------------------------------------------------------
+# Building blocks
+# ------------------------------------------------------------------------------------------------------
+
+
+def build_dataset(args: argparse.Namespace):
+    """The evaluated images as an ``IndexedSubset`` yielding ``(image, label, index)``, and its class count."""
+    from .data import CIFAR10DataModule, DigitsDataModule
+    from .data.datasets import IndexedSubset, cohen_indices
+
+    common = dict(predict_split=args.split, skip=args.skip, max=args.max, batch_size=args.batch_size)
+    if args.data == "digits":
+        if args.root is not None:
+            raise ValueError("--root: the digits ship with scikit-learn; leave --root out")
+        module = DigitsDataModule(image_size=args.digits_size, channels=args.digits_channels, num_workers=0,
+                                  augment=False, **common)  # fmt: skip
+        return module.predict_dataset(), module.num_classes
+    if args.data == "cifar10":
+        module = CIFAR10DataModule(root=args.root or "data/cifar10", num_workers=args.num_workers, augment=False,
+                                   **common)  # fmt: skip
+        return module.predict_dataset(), module.num_classes
+    # CIFAR-100: no data module in the package; torchvision's dataset from a local folder, same conventions
+    from torchvision import transforms
+    from torchvision.datasets import CIFAR100
+
+    root = Path(args.root or "data/cifar100").expanduser()
+    try:
+        dataset = CIFAR100(root, train=args.split == "train", transform=transforms.ToTensor(), download=False)
+    except RuntimeError as err:  # torchvision: "Dataset not found or corrupted"
+        raise FileNotFoundError(
+            f"CIFAR-100 not found or corrupted in {root / CIFAR100.base_folder} ({err}); extract "
+            f"cifar-100-python.tar.gz from {CIFAR100.url} into {root}"
+        ) from err
+    if args.skip < 1:
+        raise ValueError(f"--skip must be >= 1, got {args.skip}")
+    return IndexedSubset(dataset, cohen_indices(len(dataset), args.skip, args.max)), 100
+
+
+def build_classifier(args: argparse.Namespace, num_classes: int) -> torch.nn.Module:
+    from .models import Classifier
+
+    return Classifier(
+        args.model_name,
+        args.num_classes or num_classes,
+        checkpoint=args.checkpoint,
+        input_size=args.input_size,
+        mean=args.mean,
+        std=args.std,
+        interpolation=args.interpolation,
+        model_kwargs=args.model_kwargs,
+    ).eval()
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: CUDA is not available")
+    return device
+
+
+def build_attacks(args: argparse.Namespace, model: torch.nn.Module, device: torch.device) -> dict:
+    """``{column prefix: attack(x, y) -> x_adv}`` for the requested attacks, in the order given."""
+    from .attacks import autoattack, pgd_with_restarts
+
+    attacks = {}
+    for name in dict.fromkeys(args.attacks):  # de-duplicated, order kept
+        if name == "pgd":
+            generator = torch.Generator(device=device).manual_seed(args.seed)
+            attacks[PREFIX[name]] = lambda x, y, g=generator: pgd_with_restarts(
+                model, x, y, restarts=args.pgd_restarts, eps=args.eps, norm=args.norm, steps=args.pgd_steps,
+                step_size=args.pgd_step_size, loss=args.pgd_loss, generator=g,
+            )  # fmt: skip
+        else:
+            attacks[PREFIX[name]] = lambda x, y: autoattack(
+                model, x, y, eps=args.eps, norm=args.norm, version=args.aa_version, seed=args.seed,
+                batch_size=args.batch_size,
+            )  # fmt: skip
+    return attacks
+
+
+def describe(args: argparse.Namespace) -> dict[str, str]:
+    """Row labels of the summary table, per column prefix."""
+    eps = Fraction(args.eps).limit_denominator(1000)
+    threat = f"{'ℓ∞' if args.norm == 'linf' else 'ℓ2'} ε={eps} ({args.eps:.4g})"
+    restarts = f", {args.pgd_restarts} restarts" if args.pgd_restarts > 1 else ""
+    return {
+        "clean": "clean",
+        "pgd": f"PGD-{args.pgd_steps} ({args.pgd_loss.upper()}{restarts}), {threat}",
+        "aa": f"AutoAttack ({args.aa_version}), {threat}",
+        "worst": "worst case (robust to every attack run)",
+    }
+
+
+SETTINGS = ("model_name", "num_classes", "checkpoint", "mean", "std", "input_size", "interpolation",
+            "model_kwargs", "data", "root", "split", "digits_size", "digits_channels", "norm", "eps", "attacks",
+            "pgd_steps", "pgd_step_size", "pgd_loss", "pgd_restarts", "aa_version", "seed")  # fmt: skip
+
+
+class TsvWriter:
+    """Appends rows to the result TSV, flushing (and fsyncing) each batch, like the certification writer."""
+
+    def __init__(self, path: Path, header: Sequence[str], settings: dict, overwrite: bool) -> None:
+        self.path, self.header = path, tuple(header)
+        self.settings_path = path.with_name(path.name + ".args.json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if overwrite or not path.exists() or path.stat().st_size == 0:
+            self.done: set[int] = set()
+            self.settings_path.write_text(json.dumps(settings, indent=1) + "\n")
+            self._file = path.open("w")
+            self._write(["\t".join(self.header)])
+            return
+        found = path.open().readline().rstrip("\n")
+        if found != "\t".join(self.header):
+            raise ValueError(f"{path} has header {found!r}, expected {chr(9).join(self.header)!r}; "
+                             f"use --overwrite or another --output")  # fmt: skip
+        previous = json.loads(self.settings_path.read_text()) if self.settings_path.is_file() else None
+        if previous != settings:
+            changed = sorted(k for k in settings if previous is None or previous.get(k) != settings[k])
+            raise ValueError(f"{path} was written with other settings ({', '.join(changed)} differ, see "
+                             f"{self.settings_path}); use --overwrite or another --output")  # fmt: skip
+        _drop_partial_last_line(path)
+        self.done = {int(r["idx"]) for r in read_rows(path)}
+        self._file = path.open("a")
+
+    def _write(self, lines: Sequence[str]) -> None:
+        self._file.write("".join(line + "\n" for line in lines))
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def write(self, rows: Sequence[dict]) -> None:
+        self._write(["\t".join(str(row[c]) for c in self.header) for row in rows])
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _drop_partial_last_line(path: Path) -> None:
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with path.open("r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
+
+
+def read_rows(path: str | os.PathLike) -> list[dict[str, int]]:
+    """Rows of a result TSV as ``{column: int}``."""
+    with open(path, newline="") as f:
+        return [{k: int(v) for k, v in row.items()} for row in csv.DictReader(f, delimiter="\t")]
+
+
+def summary_table(rows: Sequence[dict], prefixes: Sequence[str], labels: dict[str, str]) -> str:
+    """Markdown table: accuracy (%) and count per row kind (clean, each attack, worst case)."""
+    n = len(rows)
+    lines = ["| evaluation | accuracy (%) | correct | images |", "|---|---:|---:|---:|"]
+    for key in ("clean", *prefixes, "worst"):
+        correct = sum(r[f"{key}_correct"] for r in rows)
+        acc = f"{100 * correct / n:.2f}" if n else "n/a"
+        lines.append(f"| {labels[key]} | {acc} | {correct} | {n} |")
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------------------------------
+# Command
+# ------------------------------------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> int:
+    from torch.utils.data import DataLoader, Subset
+
+    from .attacks import attack_batch, prediction_rows
+
+    for flag in ("batch_size", "pgd_steps", "pgd_restarts", "skip"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    device = resolve_device(args.device)
+    dataset, num_classes = build_dataset(args)
+    model = build_classifier(args, num_classes).to(device)
+    attacks = build_attacks(args, model, device)
+    prefixes = list(attacks)
+    header = columns([a for a in dict.fromkeys(args.attacks)])
+    output = Path(args.output)
+    settings = json.loads(json.dumps({k: getattr(args, k) for k in SETTINGS}))  # as it reads back
+    writer = TsvWriter(output, header, settings, args.overwrite)
+    todo = [i for i, index in enumerate(dataset.indices) if index not in writer.done]
+    if len(todo) < len(dataset):
+        print(f"[attack] resuming {output}: {len(dataset) - len(todo)} of {len(dataset)} images done",
+              file=sys.stderr)  # fmt: skip
+    loader = DataLoader(Subset(dataset, todo), batch_size=args.batch_size, shuffle=False,
+                        num_workers=args.num_workers if args.data != "digits" else 0)  # fmt: skip
+    torch.manual_seed(args.seed)
+    started, seen = time.time(), 0
+    try:
+        for x, y, idx in loader:
+            x, y = x.to(device), y.to(device)
+            if seen == 0:
+                with torch.no_grad():
+                    logits = model(x[:1]).shape[1]
+                if int(y.max()) >= logits:
+                    raise ValueError(f"labels up to {int(y.max())} but the classifier has {logits} logits")
+            predictions = attack_batch(model, x, y, attacks)
+            writer.write(prediction_rows(idx.tolist(), y, predictions, prefixes))
+            seen += len(x)
+            print(f"[attack] {seen}/{len(todo)} images, {time.time() - started:.0f} s", file=sys.stderr)
+    finally:
+        writer.close()
+    selected = set(dataset.indices)  # the file may hold other indices from runs with other --skip/--max
+    rows = [row for row in read_rows(output) if row["idx"] in selected]
+    table = (
+        f"{args.data} {args.split}, {args.model_name} ({args.checkpoint}); {len(rows)} images\n\n"
+        + summary_table(rows, prefixes, describe(args))
+    )
+    output.with_suffix(".md").write_text(table)
+    sys.stdout.write(table)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``msds attack ...``: see ``msds attack --help``. Returns 0, or 2 on bad input (message on stderr)."""
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        return run(args)
+    except (ValueError, OSError) as err:
+        print(f"msds attack: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
