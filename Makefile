@@ -47,7 +47,7 @@ bench: ## throughput (reference loop vs engine vs bare forwards) + adaptive samp
 	else echo "adaptive replay skipped: no $(COHEN) (any result TSVs work: bench/adaptive_samples.py --help)"; fi
 	$(PYTHON) bench/finetune_throughput.py --unet tiny --steps 10
 
-demo: ## the embedded default on scikit-learn digits (CPU, < 10 min): train, fine-tune, certify, report
+demo: ## the embedded default on scikit-learn digits (CPU, ~12 min): train, fine-tune, certify, adversarial training, report
 	$(MSDS) demo
 
 analyze: ## tabulate results: make analyze RESULTS="outputs/a.tsv outputs/b.tsv" [RADII="0 0.25 0.5"]
