@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from .devices import resolve_device
+
 ATTACKS = ("pgd", "autoattack")
 # Column prefix of each attack in the result file.
 PREFIX = {"pgd": "pgd", "autoattack": "aa"}
@@ -183,15 +185,6 @@ def build_classifier(args: argparse.Namespace, num_classes: int) -> torch.nn.Mod
         interpolation=args.interpolation,
         model_kwargs=args.model_kwargs,
     ).eval()
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: CUDA is not available")
-    return device
 
 
 def build_attacks(args: argparse.Namespace, model: torch.nn.Module, device: torch.device) -> dict:

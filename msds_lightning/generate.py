@@ -33,6 +33,8 @@ from torch import nn
 
 from msds_lightning.data.generated import check_generated_arrays
 
+from .devices import resolve_device
+
 # EDM's defaults (Karras et al. 2022, generate.py): σ ∈ [0.002, 80], clamped to the model's range.
 EDM_SIGMA_MIN = 0.002
 EDM_SIGMA_MAX = 80.0
@@ -257,13 +259,6 @@ def edm_sample(
         out = unet(x_in.to(unet.dtype), t_in, class_labels=class_labels).sample
         x = heun.step(out[:, :channels].float(), t, x).prev_sample
     return x
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None``/``"auto"`` → CUDA if available, else CPU; anything else as ``torch.device``."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _as_float(images: np.ndarray) -> torch.Tensor:
