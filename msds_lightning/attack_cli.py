@@ -1,4 +1,4 @@
-"""``msds attack``: empirical robustness of a classifier under PGD-k and AutoAttack (torchattacks).
+"""``msds attack``: empirical robustness of a classifier under PGD-k, EOT-PGD and AutoAttack (torchattacks).
 
 Example (CIFAR-10, ℓ∞ 8/255, the DM-Improves-AT evaluation)::
 
@@ -6,9 +6,16 @@ Example (CIFAR-10, ℓ∞ 8/255, the DM-Improves-AT evaluation)::
         --mean 0.4914 0.4822 0.4465 --std 0.2471 0.2435 0.2616 \\
         --data cifar10 --root data/cifar10 --norm linf --eps 8/255 --output outputs/attack/cifar10.tsv
 
-Output: a tab-separated file with one row per image (see :data:`COLUMNS`) and a markdown summary
-(``OUTPUT`` with suffix ``.md``, also printed). An existing output is resumed (finished indices skipped) when
-it was written with the same settings (``OUTPUT.args.json``); ``--overwrite`` starts afresh.
+An image-to-image diffusion classifier (IDC; stochastic, so attack it with EOT-PGD as well)::
+
+    msds attack --idc outputs/idc/cifar10 --data cifar10 --eps 8/255 --attacks pgd eot-pgd autoattack \\
+        --eot-steps 200 --eot-samples 20 --output outputs/attack/idc_cifar10.tsv
+
+Output: a tab-separated file with one row per image (see :func:`columns`), a markdown summary (``OUTPUT``
+with suffix ``.md``, also printed) and the measured cost (``OUTPUT`` with suffix ``.cost.json``: network
+evaluations per prediction, seconds per image of the clean prediction and of each attack). An existing output
+is resumed (finished indices skipped) when it was written with the same settings (``OUTPUT.args.json``);
+``--overwrite`` starts afresh. A stochastic model's resumed run draws other noise than an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -27,14 +34,15 @@ import torch
 
 from .devices import resolve_device
 
-ATTACKS = ("pgd", "autoattack")
+ATTACKS = ("pgd", "eot-pgd", "autoattack")
+DEFAULT_ATTACKS = ("pgd", "autoattack")  # EOT-PGD equals PGD on deterministic models, at eot-samples times the cost
 # Column prefix of each attack in the result file.
-PREFIX = {"pgd": "pgd", "autoattack": "aa"}
+PREFIX = {"pgd": "pgd", "eot-pgd": "eot", "autoattack": "aa"}
 DATASETS = ("cifar10", "cifar100", "digits")
 
 
 def columns(attacks: Sequence[str]) -> tuple[str, ...]:
-    """Header of the result file for the attacks run, e.g. for both::
+    """Header of the result file for the attacks run, e.g. for PGD and AutoAttack::
 
         idx label clean_pred pgd_pred aa_pred clean_correct pgd_correct aa_correct worst_correct
 
@@ -48,7 +56,7 @@ def columns(attacks: Sequence[str]) -> tuple[str, ...]:
             *(f"{n}_correct" for n in names), "worst_correct")  # fmt: skip
 
 
-COLUMNS = columns(ATTACKS)
+COLUMNS = columns(DEFAULT_ATTACKS)
 
 
 def parse_eps(text: str) -> float:
@@ -82,10 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c = p.add_argument_group("classifier (msds_lightning.models.Classifier: [0,1] pixels -> logits)")
     c.add_argument(
-        "--model-name", required=True, help="timm model name, e.g. msds_small_cnn or wide_resnet28_10"
+        "--model-name", default=None, help="timm model name, e.g. msds_small_cnn or wide_resnet28_10"
     )
     c.add_argument("--num-classes", type=int, default=None, help="logits (None: the data set's class count)")
-    c.add_argument("--checkpoint", required=True, help="local weight file (.safetensors, .pt, .pth)")
+    c.add_argument("--checkpoint", default=None, help="local weight file (.safetensors, .pt, .pth)")
     c.add_argument(
         "--mean",
         type=float,
@@ -100,6 +108,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--interpolation", default="bicubic", choices=("nearest", "bilinear", "bicubic", "area"))
     c.add_argument("--model-kwargs", type=_json_object, default={}, metavar="JSON",
                    help='extra timm.create_model arguments, e.g. \'{"in_chans": 1}\'')  # fmt: skip
+
+    i = p.add_argument_group("or an image-to-image diffusion classifier (instead of --model-name/--checkpoint)")
+    i.add_argument("--idc", default=None, metavar="DIR",
+                   help="IDC folder (IDCClassifier.save_pretrained; the export_dir of msds train-idc)")  # fmt: skip
+    i.add_argument("--idc-output", choices=("logits", "scores"), default="logits",
+                   help="what attacks see: logits -d/tau (cross-entropy = -log score), or the scores "
+                   "softmax(-d/tau) as if they were logits (the official wrapper; weaker gradients)")  # fmt: skip
+    i.add_argument("--idc-eta", type=float, default=None, help="sampler noise scale (None: as saved, 1 = the "
+                   "paper's stochastic sampler; 0 = deterministic)")  # fmt: skip
 
     d = p.add_argument_group("data (images in [0, 1]; index = position in the split, as in certification)")
     d.add_argument("--data", choices=DATASETS, default="cifar10")
@@ -116,14 +133,21 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--norm", choices=("linf", "l2"), default="linf")
     a.add_argument("--eps", type=parse_eps, default=parse_eps("8/255"),
                    help="radius in [0,1] pixel units; fractions allowed (8/255, 128/255)")  # fmt: skip
-    a.add_argument("--attacks", nargs="+", choices=ATTACKS, default=list(ATTACKS))
+    a.add_argument("--attacks", nargs="+", choices=ATTACKS, default=list(DEFAULT_ATTACKS))
     a.add_argument("--pgd-steps", type=int, default=20)
     a.add_argument("--pgd-step-size", type=parse_eps, default=None,
                    help="None: 2.5*eps/steps (linf), 2*eps/steps (l2)")  # fmt: skip
     a.add_argument("--pgd-loss", choices=("ce", "cw"), default="ce", help="cw: margin loss (DM-Improves-AT's "
                    "checkpoint selection uses PGD-40 with it)")  # fmt: skip
     a.add_argument("--pgd-restarts", type=int, default=1, help="worst case over restarts")
-    a.add_argument("--aa-version", choices=("standard", "plus", "rand"), default="standard")
+    a.add_argument("--aa-version", choices=("standard", "plus", "rand"), default="standard",
+                   help="rand: for stochastic models (EOT inside APGD)")  # fmt: skip
+    a.add_argument("--eot-steps", type=int, default=20, help="EOT-PGD steps (IDC's code: 200)")
+    a.add_argument("--eot-samples", type=int, default=20,
+                   help="EOT-PGD: gradients summed per step over this many forward passes (IDC's code: 20)")  # fmt: skip
+    a.add_argument("--eot-step-size", type=parse_eps, default=None, help="None: as --pgd-step-size")
+    a.add_argument("--predict-samples", type=int, default=1, help="clean and adversarial predictions are "
+                   "majority votes over this many forward passes (stochastic models; 1: one pass)")  # fmt: skip
 
     r = p.add_argument_group("run")
     r.add_argument("--batch-size", type=int, default=128)
@@ -173,7 +197,14 @@ def build_dataset(args: argparse.Namespace):
 
 
 def build_classifier(args: argparse.Namespace, num_classes: int) -> torch.nn.Module:
-    from .models import Classifier
+    """The attacked model: a timm :class:`Classifier` or an :class:`IDCClassifier` (``--idc``)."""
+    from .models import Classifier, IDCClassifier
+
+    if args.idc is not None:
+        model = IDCClassifier.from_pretrained(args.idc, output=args.idc_output, eta=args.idc_eta).eval()
+        if model.num_classes != num_classes:
+            raise ValueError(f"{args.idc} has {model.num_classes} label images but {args.data} {num_classes} classes")
+        return model
 
     return Classifier(
         args.model_name,
@@ -193,11 +224,14 @@ def build_attacks(args: argparse.Namespace, model: torch.nn.Module, device: torc
 
     attacks = {}
     for name in dict.fromkeys(args.attacks):  # de-duplicated, order kept
-        if name == "pgd":
+        if name in ("pgd", "eot-pgd"):
             generator = torch.Generator(device=device).manual_seed(args.seed)
-            attacks[PREFIX[name]] = lambda x, y, g=generator: pgd_with_restarts(
-                model, x, y, restarts=args.pgd_restarts, eps=args.eps, norm=args.norm, steps=args.pgd_steps,
-                step_size=args.pgd_step_size, loss=args.pgd_loss, generator=g,
+            eot = name == "eot-pgd"
+            attacks[PREFIX[name]] = lambda x, y, g=generator, eot=eot: pgd_with_restarts(
+                model, x, y, restarts=args.pgd_restarts, eps=args.eps, norm=args.norm,
+                steps=args.eot_steps if eot else args.pgd_steps,
+                step_size=(args.eot_step_size or args.pgd_step_size) if eot else args.pgd_step_size,
+                loss=args.pgd_loss, generator=g, eot_samples=args.eot_samples if eot else 1,
             )  # fmt: skip
         else:
             attacks[PREFIX[name]] = lambda x, y: autoattack(
@@ -215,14 +249,17 @@ def describe(args: argparse.Namespace) -> dict[str, str]:
     return {
         "clean": "clean",
         "pgd": f"PGD-{args.pgd_steps} ({args.pgd_loss.upper()}{restarts}), {threat}",
+        "eot": f"EOT-PGD-{args.eot_steps} ({args.eot_samples} samples per step, {args.pgd_loss.upper()}{restarts}), "
+        f"{threat}",
         "aa": f"AutoAttack ({args.aa_version}), {threat}",
         "worst": "worst case (robust to every attack run)",
     }
 
 
 SETTINGS = ("model_name", "num_classes", "checkpoint", "mean", "std", "input_size", "interpolation",
-            "model_kwargs", "data", "root", "split", "digits_size", "digits_channels", "norm", "eps", "attacks",
-            "pgd_steps", "pgd_step_size", "pgd_loss", "pgd_restarts", "aa_version", "seed")  # fmt: skip
+            "model_kwargs", "idc", "idc_output", "idc_eta", "data", "root", "split", "digits_size", "digits_channels",
+            "norm", "eps", "attacks", "pgd_steps", "pgd_step_size", "pgd_loss", "pgd_restarts", "aa_version",
+            "eot_steps", "eot_samples", "eot_step_size", "predict_samples", "seed")  # fmt: skip
 
 
 class TsvWriter:
@@ -287,6 +324,31 @@ def summary_table(rows: Sequence[dict], prefixes: Sequence[str], labels: dict[st
     return "\n".join(lines) + "\n"
 
 
+def write_cost(path: Path, timings: dict[str, list[float]], nfe: int, device: torch.device) -> dict:
+    """Write the cost measured by this invocation (the images it attacked): ``{"nfe_per_prediction", "device", "seconds_per_image": {key: s},
+    "images": {key: n}}`` (``clean``: the clean prediction of every image; each attack prefix: the attack on the
+    images it got, i.e. those correct when clean). Returns the dictionary."""
+    cost = {
+        "nfe_per_prediction": int(nfe),
+        "device": str(device),
+        "seconds_per_image": {k: (t / n if n else None) for k, (t, n) in timings.items()},
+        "images": {k: int(n) for k, (_, n) in timings.items()},
+    }
+    path.write_text(json.dumps(cost, indent=1) + "\n")
+    return cost
+
+
+def cost_text(cost: dict, labels: dict[str, str]) -> str:
+    """Markdown lines for :func:`write_cost`'s dictionary."""
+    lines = [f"Cost on {cost['device']} (measured by the last run that attacked images): "
+             f"{cost['nfe_per_prediction']} network evaluations per prediction"]  # fmt: skip
+    for key, seconds in cost["seconds_per_image"].items():
+        if seconds is not None:
+            what = "clean prediction" if key == "clean" else labels.get(key, key)
+            lines.append(f"- {what}: {1000 * seconds:.1f} ms per image ({cost['images'][key]} images)")
+    return "\n".join(lines) + "\n"
+
+
 # ------------------------------------------------------------------------------------------------------
 # Command
 # ------------------------------------------------------------------------------------------------------
@@ -297,9 +359,15 @@ def run(args: argparse.Namespace) -> int:
 
     from .attacks import attack_batch, prediction_rows
 
-    for flag in ("batch_size", "pgd_steps", "pgd_restarts", "skip"):
+    for flag in ("batch_size", "pgd_steps", "pgd_restarts", "skip", "eot_steps", "eot_samples", "predict_samples"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    if args.idc is None and (args.model_name is None or args.checkpoint is None):
+        raise ValueError("give the classifier (--model-name and --checkpoint) or an IDC model folder (--idc)")
+    if args.idc is not None and (args.model_name is not None or args.checkpoint is not None):
+        raise ValueError("--idc replaces --model-name/--checkpoint; give one or the other")
+    if args.idc_eta is not None and args.idc_eta < 0:
+        raise ValueError(f"--idc-eta must be >= 0, got {args.idc_eta}")
     device = resolve_device(args.device)
     dataset, num_classes = build_dataset(args)
     model = build_classifier(args, num_classes).to(device)
@@ -316,7 +384,7 @@ def run(args: argparse.Namespace) -> int:
     loader = DataLoader(Subset(dataset, todo), batch_size=args.batch_size, shuffle=False,
                         num_workers=args.num_workers if args.data != "digits" else 0)  # fmt: skip
     torch.manual_seed(args.seed)
-    started, seen = time.time(), 0
+    started, seen, timings = time.time(), 0, {}
     try:
         for x, y, idx in loader:
             x, y = x.to(device), y.to(device)
@@ -325,7 +393,7 @@ def run(args: argparse.Namespace) -> int:
                     logits = model(x[:1]).shape[1]
                 if int(y.max()) >= logits:
                     raise ValueError(f"labels up to {int(y.max())} but the classifier has {logits} logits")
-            predictions = attack_batch(model, x, y, attacks)
+            predictions = attack_batch(model, x, y, attacks, args.predict_samples, timings)
             writer.write(prediction_rows(idx.tolist(), y, predictions, prefixes))
             seen += len(x)
             print(f"[attack] {seen}/{len(todo)} images, {time.time() - started:.0f} s", file=sys.stderr)
@@ -333,10 +401,20 @@ def run(args: argparse.Namespace) -> int:
         writer.close()
     selected = set(dataset.indices)  # the file may hold other indices from runs with other --skip/--max
     rows = [row for row in read_rows(output) if row["idx"] in selected]
+    nfe = getattr(model, "nfe", 1) * args.predict_samples
+    model_text = f"IDC {args.idc} ({model.nfe} U-Net evaluations per pass, eta {model.eta})" if args.idc else (
+        f"{args.model_name} ({args.checkpoint})")  # fmt: skip
     table = (
-        f"{args.data} {args.split}, {args.model_name} ({args.checkpoint}); {len(rows)} images\n\n"
+        f"{args.data} {args.split}, {model_text}; {len(rows)} images\n\n"
         + summary_table(rows, prefixes, describe(args))
     )
+    cost_path = output.with_suffix(".cost.json")
+    if timings:
+        cost = write_cost(cost_path, timings, nfe, device)
+    else:  # nothing left to do: the cost measured by the run that did the work
+        cost = json.loads(cost_path.read_text()) if cost_path.is_file() else None
+    if cost is not None:
+        table += "\n" + cost_text(cost, describe(args))
     output.with_suffix(".md").write_text(table)
     sys.stdout.write(table)
     return 0

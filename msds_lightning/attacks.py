@@ -18,6 +18,7 @@ Pure PyTorch (no Lightning). Conventions, as in DM-Improves-AT (Wang et al., ICM
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 
@@ -165,8 +166,13 @@ def pgd(
     loss: str | Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = "ce",
     random_start: bool | str = True,
     generator: torch.Generator | None = None,
+    eot_samples: int = 1,
 ) -> torch.Tensor:
     """Projected gradient ascent of ``loss`` within the per-example ε-ball (ℓ∞ or ℓ2) and [0, 1].
+
+    With ``eot_samples > 1`` this is EOT-PGD (expectation over transformation, Athalye et al. 2018): each
+    step follows the sum of the loss gradients of ``eot_samples`` forward passes, the attack to use on a
+    stochastic model (IDC's sampler, DiffPure), whose single-sample gradient is one noisy draw.
 
     Args:
         model: maps [B, C, H, W] pixels in [0, 1] to [B, K] logits. Its train/eval mode is used as it is
@@ -190,15 +196,20 @@ def pgd(
             a uniform direction and radius ``eps · U^(1/d)``), the start to use for evaluation restarts.
             ``False``: start at ``x``. Every start is projected like a step.
         generator: random source of the start and of the random directions replacing zero ℓ2 gradients
-            (``None``: torch's global generator). May live on another device than ``x``.
+            (``None``: torch's global generator). May live on another device than ``x``. A stochastic
+            model draws its own randomness (torch's global generator for IDC).
+        eot_samples: forward/backward passes per step whose gradients are summed (>= 1; 1: plain PGD).
 
     Returns:
         ``x_adv``, detached, same shape and dtype as ``x``.
 
     Raises:
-        ValueError: bad ``norm``, ``eps``, ``steps``, ``step_size``, ``loss`` or ``random_start``.
+        ValueError: bad ``norm``, ``eps``, ``steps``, ``step_size``, ``loss``, ``random_start`` or
+            ``eot_samples``.
     """
     _check_pgd_arguments(eps, norm, steps, step_size)
+    if isinstance(eot_samples, bool) or not isinstance(eot_samples, int) or eot_samples < 1:
+        raise ValueError(f"eot_samples must be an integer >= 1, got {eot_samples!r}")
     eps = float(eps)
     loss_fn = _loss_function(loss)
     if random_start not in (True, False, "ball"):
@@ -224,8 +235,9 @@ def pgd(
     with torch.enable_grad():
         for _ in range(steps):
             x_adv.requires_grad_(True)
-            objective = loss_fn(model(x_adv), y)
-            (grad,) = torch.autograd.grad(objective, x_adv)
+            grad = torch.autograd.grad(loss_fn(model(x_adv), y), x_adv)[0]
+            for _ in range(eot_samples - 1):
+                grad = grad + torch.autograd.grad(loss_fn(model(x_adv), y), x_adv)[0]
             x_adv = x_adv.detach()
             if norm == "linf":
                 x_adv = x_adv + step_size * grad.sign()
@@ -364,30 +376,70 @@ def _match_reference_autoattack(attack, num_classes: int) -> None:
 # ------------------------------------------------------------------------------------------------------
 
 
+def predict_labels(model: nn.Module, x: torch.Tensor, samples: int = 1) -> torch.Tensor:
+    """``model(x).argmax(1)`` without gradient; with ``samples > 1`` the majority vote of that many forward
+    passes of a stochastic model (ties: the smallest class)."""
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ValueError(f"samples must be an integer >= 1, got {samples!r}")
+    with torch.no_grad():
+        first = model(x)
+        if samples == 1:
+            return first.argmax(dim=1)
+        votes = F.one_hot(first.argmax(dim=1), first.shape[1])
+        for _ in range(samples - 1):
+            votes += F.one_hot(model(x).argmax(dim=1), first.shape[1])
+    return votes.argmax(dim=1)
+
+
 def attack_batch(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, attacks: Mapping[str, Attack]
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    attacks: Mapping[str, Attack],
+    predict_samples: int = 1,
+    timings: dict[str, list[float]] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Predictions [B] (int64, on ``x``'s device) on clean and attacked images: ``{"clean": ..., name: ...}``.
 
     The model runs in eval mode (restored afterwards). Each attack gets only the examples classified
     correctly when clean; for the others its prediction is the clean one (they count as broken anyway).
+    ``predict_samples``: predictions (clean and adversarial) are majority votes over that many forward passes
+    (for stochastic models; 1 = one pass, as the IDC paper's torchattacks evaluation). ``timings``, if given,
+    accumulates ``[seconds, images]`` per key: ``"clean"`` (the clean predictions) and each attack (the
+    attack itself on the images it got, without the prediction afterwards).
     """
     reserved = [name for name in attacks if name in ("clean", "worst", "idx", "label")]
     if reserved:
         raise ValueError(f"attack names {reserved} are reserved (result columns); rename them")
+
+    def timed(key: str, count: int, fn, *args):
+        if timings is None:
+            return fn(*args)
+        _synchronize(x.device)
+        start = time.perf_counter()
+        result = fn(*args)
+        _synchronize(x.device)
+        entry = timings.setdefault(key, [0.0, 0])
+        entry[0] += time.perf_counter() - start
+        entry[1] += count
+        return result
+
     with _evaluation_mode(model):
-        with torch.no_grad():
-            clean = model(x).argmax(dim=1)
+        clean = timed("clean", len(x), predict_labels, model, x, predict_samples)
         predictions = {"clean": clean}
         correct = (clean == y).nonzero().flatten()
         for name, attack in attacks.items():
             pred = clean.clone()
             if len(correct):
-                x_adv = attack(x[correct], y[correct])
-                with torch.no_grad():
-                    pred[correct] = model(x_adv).argmax(dim=1)
+                x_adv = timed(name, len(correct), attack, x[correct], y[correct])
+                pred[correct] = predict_labels(model, x_adv, predict_samples)
             predictions[name] = pred
     return predictions
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def robust_accuracy(
@@ -395,8 +447,10 @@ def robust_accuracy(
     loader: Iterable,
     attacks: Mapping[str, Attack],
     device: torch.device | str = "cpu",
+    predict_samples: int = 1,
 ) -> list[dict[str, int]]:
-    """Attack every batch of ``loader`` (``(x, y)`` or ``(x, y, index)``) and return one row per image.
+    """Attack every batch of ``loader`` (``(x, y)`` or ``(x, y, index)``) and return one row per image
+    (``predict_samples``: majority votes for stochastic models, see :func:`attack_batch`).
 
     Row keys: ``idx`` (the yielded index, or the running position), ``label``, ``clean_pred``,
     ``{name}_pred`` per attack, ``clean_correct``, ``{name}_correct`` (1 if the image is classified
@@ -410,7 +464,7 @@ def robust_accuracy(
         x, y = batch[0].to(device), batch[1].to(device)
         idx = batch[2].tolist() if len(batch) > 2 else list(range(position, position + len(x)))
         position += len(x)
-        rows += prediction_rows(idx, y, attack_batch(model, x, y, attacks), list(attacks))
+        rows += prediction_rows(idx, y, attack_batch(model, x, y, attacks, predict_samples), list(attacks))
     return rows
 
 

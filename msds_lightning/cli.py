@@ -16,8 +16,10 @@
     sample a class-conditional diffusion UNet (EDM Heun) into generated training data.
 ``msds adversarial-train -c CONFIG.yaml``
     TRADES / PGD adversarial training on real (+ generated) data (LightningCLI ``fit``).
-``msds attack --model-name NAME --checkpoint FILE ... --output FILE.tsv``
-    empirical robustness: clean, PGD-k and AutoAttack accuracy, one row per image.
+``msds train-idc -c CONFIG.yaml``
+    train an image-to-image diffusion classifier (IDC; LightningCLI ``fit``).
+``msds attack (--model-name NAME --checkpoint FILE | --idc DIR) ... --output FILE.tsv``
+    empirical robustness: clean, PGD-k, EOT-PGD and AutoAttack accuracy, one row per image.
 
 Each argparse sub-command registers itself in ``COMMANDS`` (name → (help, add_arguments, run)); the
 delegated ones in ``DELEGATED_COMMANDS`` (LightningCLI commands, ``demo``) take the rest of the command line as LightningCLI arguments.
@@ -212,11 +214,15 @@ DELEGATED_COMMANDS: dict[str, tuple[str, Callable[[Sequence[str]], int]]] = {
         "TRADES / PGD adversarial training on real and diffusion-generated data",
         _fit_command("msds_lightning.modules.AdversarialTrainingModule", "msds adversarial-train"),
     ),
+    "train-idc": (
+        "train an image-to-image diffusion classifier (IDC: Brownian bridge to label images)",
+        _fit_command("msds_lightning.modules.IDCModule", "msds train-idc"),
+    ),
     "generate": (
         "sample a class-conditional diffusion UNet (EDM Heun) into an .npz of generated training data",
         _run_generate,
     ),
-    "attack": ("empirical robustness: clean, PGD-k and AutoAttack (torchattacks) accuracy", _run_attack),
+    "attack": ("empirical robustness: clean, PGD-k, EOT-PGD and AutoAttack (torchattacks) accuracy", _run_attack),
     "demo": ("the embedded default: the MSDS story on scikit-learn digits in minutes on a CPU", _run_demo),
     "convert-openai": (
         "convert an OpenAI improved-/guided-diffusion UNet checkpoint to a diffusers denoiser folder",

@@ -30,6 +30,15 @@ def test_every_report_artefact(demo):
     assert "## Empirical robustness" in report and "| TRADES, real + generated (1 : 1 per batch) |" in report
     assert (out / "generated_digits.npz").is_file() and len(list((out / "attack").glob("trades_*.tsv"))) == 2
     assert "Base classifier, clean test accuracy" in report
+    # IDC: trained, attacked with PGD and EOT-PGD, its row carries its cost (4 U-Net evaluations)
+    assert "| IDC: 4-step Brownian bridge to label images (stochastic sampler) |" in report
+    idc_row = next(line for line in report.splitlines() if line.startswith("| IDC"))
+    cells = [c.strip() for c in idc_row.strip("|").split("|")]
+    assert cells[5] == "4" and float(cells[6]) > 0 and cells[7] == "24"  # NFE, ms / image, images
+    assert all(0.0 <= float(c) <= 1.0 for c in cells[1:5])  # clean, PGD, EOT-PGD, worst case
+    trades_row = next(line for line in report.splitlines() if line.startswith("| TRADES, real digits"))
+    assert [c.strip() for c in trades_row.strip("|").split("|")][3] == "—"  # no EOT for a deterministic CNN
+    assert (out / "idc" / "idc_config.json").is_file() and (out / "attack" / "idc.cost.json").is_file()
     png = (out / "report" / "certified_accuracy.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
     for path in (

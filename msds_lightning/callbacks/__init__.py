@@ -1,7 +1,13 @@
-"""Lightning callbacks: result writing, certified-accuracy curves, denoised samples."""
+"""Lightning callbacks: result writing, certified-accuracy curves, denoised samples, EMA with a copy phase."""
 
 from .curves import CertifiedAccuracyLogger
+from .ema import CopyThenEMAWeightAveraging
 from .samples import DenoisedSamplesLogger
 from .writer import CertificationWriter
 
-__all__ = ["CertificationWriter", "CertifiedAccuracyLogger", "DenoisedSamplesLogger"]
+__all__ = [
+    "CertificationWriter",
+    "CertifiedAccuracyLogger",
+    "CopyThenEMAWeightAveraging",
+    "DenoisedSamplesLogger",
+]

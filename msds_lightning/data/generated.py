@@ -388,7 +388,9 @@ class MixedDataModule(LightningDataModule):
       Batches come from :class:`MixedBatchSampler` (``generated_fraction`` of every batch generated,
       ``epoch_batches`` batches per epoch). Items are ``(image, label, index)``; ``index`` is the original
       index for real images and ``len(real train split) + position`` in the generated files for generated
-      ones, so ``index >= len(real train split)`` marks a generated image.
+      ones, so ``index >= len(real train split)`` marks a generated image. With no generated files and
+      ``generated_fraction: 0`` this is simply the real training data with a held-out validation split and
+      the augmentation chosen here (the IDC configs use it so).
     * **val**: the first ``val_size`` real training images, un-augmented (the reference holds out 1,024
       for checkpoint selection); ``val_size = 0`` uses the real module's validation split instead.
     * **test** and **predict**: the real test split (predict: the real module's predict split with its
@@ -402,7 +404,8 @@ class MixedDataModule(LightningDataModule):
         real: the real data module (e.g. :class:`~msds_lightning.data.CIFAR10DataModule`,
             :class:`~msds_lightning.data.DigitsDataModule`); its ``num_classes`` is this module's.
         generated: one ``.npz`` path or a list (e.g. the parts of a 20M set); converted to memory-mapped
-            ``.npy`` once (in ``prepare_data``; see :class:`GeneratedImages`).
+            ``.npy`` once (in ``prepare_data``; see :class:`GeneratedImages`). May be empty when
+            ``generated_fraction`` is 0.
         generated_fraction: share of generated images per batch (reference default 0.7).
         batch_size: images per batch per device (all loaders).
         epoch_batches: training batches per epoch (default ``ceil(len(real train) / global batch)``).
@@ -416,7 +419,7 @@ class MixedDataModule(LightningDataModule):
     def __init__(
         self,
         real: ImageDataModule,
-        generated: str | Path | Sequence[str | Path],
+        generated: str | Path | Sequence[str | Path] = (),
         generated_fraction: float = 0.7,
         batch_size: int = 512,
         epoch_batches: int | None = None,
@@ -432,10 +435,10 @@ class MixedDataModule(LightningDataModule):
         super().__init__()
         if isinstance(generated, (str, Path)):
             generated = [generated]
-        if not generated:
-            raise ValueError("generated: give at least one .npz file")
         if not 0.0 <= generated_fraction <= 1.0:
             raise ValueError(f"generated_fraction must be in [0, 1], got {generated_fraction}")
+        if not generated and generated_fraction > 0:
+            raise ValueError(f"generated: give at least one .npz file (generated_fraction is {generated_fraction})")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if epoch_batches is not None and epoch_batches < 1:

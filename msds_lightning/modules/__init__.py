@@ -5,6 +5,7 @@ from .certify import CertifyModule
 from .classifier_train import ClassifierModule
 from .denoiser_pretrain import DenoiserPretrainModule
 from .finetune import DenoiserFinetuneModule
+from .idc import IDCModule
 
 __all__ = [
     "AdversarialTrainingModule",
@@ -12,4 +13,5 @@ __all__ = [
     "ClassifierModule",
     "DenoiserFinetuneModule",
     "DenoiserPretrainModule",
+    "IDCModule",
 ]

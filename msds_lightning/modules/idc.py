@@ -1,0 +1,148 @@
+"""Training of IDC, the image-to-image diffusion classifier (Mei, Dong, Xu 2024): a Brownian bridge from each
+input image to its class's label image, L1 objective plus the inter-class term.
+
+Per training batch: t ~ Uniform{0..T−1} per image; ``x_t, o_t`` from the bridge's marginal with x0 = the label
+image of y and the source = the input (both in [-1, 1]); loss = mean|o_t − ô| − λ·mean(term), ``term`` the
+distance to the nearest wrong class's objective for images currently closer to it than to their own
+(:func:`~msds_lightning.models.idc.bridge_classification_term`; λ = ``cls_weight`` = 0.2).
+
+Validation (EMA weights with :class:`~msds_lightning.callbacks.CopyThenEMAWeightAveraging`): ``val/loss``
+(the L1 term) and ``val/acc``, the accuracy of the full stochastic sampler with a fixed seed per batch
+(the same noise every epoch). Hold out training images for it (``MixedDataModule(val_size=...)``) rather
+than selecting checkpoints on the test split as the official code does.
+
+Units: pixels in [0, 1] at the data boundary.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from ..models.idc import IDCClassifier, bridge_classification_term, bridge_objective_distances
+
+LR_SCHEDULES = ("plateau", "step", "constant")
+
+
+class IDCModule(LightningModule):
+    """:param idc: the :class:`IDCClassifier` to train (``IDCClassifier.from_config`` for a fresh one)
+    :param cls_weight: λ of the inter-class term (0.2)
+    :param lr, betas, weight_decay: Adam (1e-4, (0.9, 0.999), 0 in the paper)
+    :param lr_schedule: ``"plateau"`` (CIFAR-10: ReduceLROnPlateau on ``train/loss`` every optimizer step with
+        ``plateau_factor`` 0.5, ``plateau_patience`` 3000, ``plateau_threshold`` 1e-4 relative,
+        ``plateau_cooldown`` 3000, ``min_lr`` 5e-7), ``"step"`` (CIFAR-100: ×``step_gamma`` every
+        ``step_epochs`` epochs) or ``"constant"``
+    :param val_seed: seed of the validation sampler's noise (per batch: ``val_seed + batch_idx``)
+    :param export_dir: ``save_pretrained`` the model here at the end of training (EMA weights with the EMA
+        callback); ``msds attack --idc`` loads that folder
+    """
+
+    def __init__(
+        self,
+        idc: IDCClassifier,
+        cls_weight: float = 0.2,
+        lr: float = 1e-4,
+        betas: tuple[float, float] = (0.9, 0.999),
+        weight_decay: float = 0.0,
+        lr_schedule: str = "plateau",
+        plateau_factor: float = 0.5,
+        plateau_patience: int = 3000,
+        plateau_threshold: float = 1e-4,
+        plateau_cooldown: int = 3000,
+        min_lr: float = 5e-7,
+        step_epochs: int = 500,
+        step_gamma: float = 0.5,
+        val_seed: int = 0,
+        export_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        if cls_weight < 0:
+            raise ValueError(f"cls_weight must be >= 0, got {cls_weight}")
+        if not lr > 0:
+            raise ValueError(f"lr must be > 0, got {lr}")
+        if lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
+        self.idc = idc
+        self.cls_weight, self.lr, self.betas, self.weight_decay = (
+            float(cls_weight),
+            float(lr),
+            tuple(betas),
+            weight_decay,
+        )
+        self.lr_schedule = lr_schedule
+        self.plateau = dict(factor=plateau_factor, patience=plateau_patience, threshold=plateau_threshold,
+                            threshold_mode="rel", cooldown=plateau_cooldown, min_lr=min_lr)  # fmt: skip
+        self.step_epochs, self.step_gamma = int(step_epochs), float(step_gamma)
+        self.val_seed, self.export_dir = int(val_seed), export_dir
+        self.val_loss = MeanMetric()
+        self.val_acc = MulticlassAccuracy(idc.num_classes, average="micro")
+
+    def bridge_losses(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{"l1", "cls_term", "loss", "cls_active"}`` for images ``x`` ([0, 1]) and labels ``y``;
+        ``cls_active``: the share of examples whose prediction is nearer another class's objective than their
+        own (where the inter-class term acts). It is high early in training: a blurred ``x̂0`` is nearer the
+        objectives of other classes, which move the target part-way towards another label image."""
+        if int(y.max()) >= self.idc.num_classes:
+            raise ValueError(f"label {int(y.max())} out of range for {self.idc.num_classes} label images")
+        bridge = self.idc.bridge
+        labels = self.idc.label_images.to(x.dtype) * 2.0 - 1.0
+        x0, source = labels[y], x * 2.0 - 1.0
+        t = torch.randint(0, bridge.num_timesteps, (len(x),), device=x.device)
+        x_t, objective = bridge.marginal(x0, source, t, torch.randn_like(x0))
+        residual = objective - self.idc.objective(x_t, t)
+        l1 = residual.abs().mean()
+        m_prev = torch.where(t > 0, bridge.m[(t - 1).clamp_min(0)], torch.zeros_like(bridge.m[t]))
+        distances = bridge_objective_distances(residual, x0, labels, bridge.m[t] - m_prev)
+        term = bridge_classification_term(distances, y)
+        loss = l1 - self.cls_weight * term.mean() if self.cls_weight else l1
+        return {"l1": l1, "cls_term": term.mean(), "loss": loss, "cls_active": (term > 0).float().mean()}
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch[0], batch[1]
+        parts = self.bridge_losses(x, y)
+        self.log("train/loss", parts["loss"], prog_bar=True)
+        self.log_dict({"train/l1": parts["l1"], "train/cls_term": parts["cls_term"],
+                       "train/cls_active": parts["cls_active"]})  # fmt: skip
+        return parts["loss"]
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch[0], batch[1]
+        self.val_loss(self.bridge_losses(x, y)["l1"])
+        generator = torch.Generator(device=x.device).manual_seed(self.val_seed + batch_idx)
+        self.val_acc(self.idc.predict(x, generator), y)
+        self.log("val/loss", self.val_loss)
+        self.log("val/acc", self.val_acc, prog_bar=True)
+
+    def configure_optimizers(self):
+        params = [p for p in self.idc.parameters() if p.requires_grad]
+        optimizer = torch.optim.Adam(params, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)
+        if self.lr_schedule == "constant":
+            return optimizer
+        if self.lr_schedule == "step":
+            scheduler = torch.optim.lr_scheduler.StepLR(optimizer, self.step_epochs, self.step_gamma)
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", **self.plateau)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {
+                "scheduler": scheduler,
+                "interval": "step",
+                "frequency": 1,
+                "monitor": "train/loss",
+            },
+        }
+
+    def on_train_end(self):
+        if self.export_dir:
+            _export(self.idc, self.export_dir)
+
+
+@rank_zero_only
+def _export(idc: IDCClassifier, path: str) -> None:
+    idc.save_pretrained(Path(path))
+    rank_zero_info(f"IDC model exported to {path} (IDCClassifier.from_pretrained / msds attack --idc)")
