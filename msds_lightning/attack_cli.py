@@ -340,8 +340,8 @@ def write_cost(path: Path, timings: dict[str, list[float]], nfe: int, device: to
 
 def cost_text(cost: dict, labels: dict[str, str]) -> str:
     """Markdown lines for :func:`write_cost`'s dictionary."""
-    lines = [f"Cost on {cost['device']} (measured by the last run that attacked images): "
-             f"{cost['nfe_per_prediction']} network evaluations per prediction"]  # fmt: skip
+    lines = [f"Cost on {cost['device']} (measured by the last run that attacked images); network evaluations "
+             f"per prediction: {cost['nfe_per_prediction']}"]  # fmt: skip
     for key, seconds in cost["seconds_per_image"].items():
         if seconds is not None:
             what = "clean prediction" if key == "clean" else labels.get(key, key)
