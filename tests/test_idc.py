@@ -407,3 +407,28 @@ def test_train_idc_then_attack_it_from_the_cli(tmp_path, monkeypatch, capsys):
             args = [*args, "--idc", str(exported)]
         assert attack_cli.main([*args, "--overwrite"]) == 2
         assert "--idc" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "config, unet, classes, schedule, flip",
+    [("cifar10", (64, 256), 10, "plateau", False), ("cifar100", (64, 256, 512), 100, "step", True)],
+)
+def test_cifar_configs_build_the_papers_setup(config, unet, classes, schedule, flip, tmp_path, monkeypatch):
+    """The CIFAR configs instantiate (no data needed until setup): U-Net, T = 4 schedule, recipe, EMA policy."""
+    from pathlib import Path
+
+    from msds_lightning.cli import _lightning_cli
+
+    monkeypatch.chdir(tmp_path)
+    path = Path(__file__).resolve().parents[1] / "configs" / config / "train_idc.yaml"
+    cli = _lightning_cli(IDCModule, ["-c", str(path), "--trainer.accelerator=cpu", "--trainer.devices=1"],
+                         "msds train-idc")  # fmt: skip
+    model = cli.model
+    assert tuple(model.idc.unet.config.block_out_channels) == unet and model.idc.num_classes == classes
+    assert model.idc.steps == [3, 1, 1, 0] and model.idc.eta == 1.0 and model.idc.tau == 0.1
+    assert (model.lr, model.cls_weight, model.lr_schedule) == (1e-4, 0.2, schedule)
+    assert cli.trainer.accumulate_grad_batches == 2
+    ema = next(c for c in cli.trainer.callbacks if isinstance(c, CopyThenEMAWeightAveraging))
+    assert (ema.copy_before_step, ema.update_every_n_steps) == (15000, 8)
+    data = cli.datamodule
+    assert (data.val_size, data.crop_padding, data.flip, data.generated_fraction) == (1024, 0, flip, 0.0)
