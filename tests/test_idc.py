@@ -432,3 +432,25 @@ def test_cifar_configs_build_the_papers_setup(config, unet, classes, schedule, f
     assert (ema.copy_before_step, ema.update_every_n_steps) == (15000, 8)
     data = cli.datamodule
     assert (data.val_size, data.crop_padding, data.flip, data.generated_fraction) == (1024, 0, flip, 0.0)
+
+
+def test_eot_pgd_on_a_deterministic_model_is_plain_pgd():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    x, y = torch.rand(5, 1, 4, 4), torch.tensor([0, 1, 2, 0, 1])
+    plain = pgd(model, x, y, eps=0.1, steps=5, generator=torch.Generator().manual_seed(1))
+    eot = pgd(model, x, y, eps=0.1, steps=5, eot_samples=3, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(plain, eot)  # l-inf steps follow the sign of the summed (identical) gradients
+    with pytest.raises(ValueError, match="eot_samples"):
+        pgd(model, x, y, eps=0.1, eot_samples=0)
+
+
+def test_vote_predictions_take_the_majority_and_break_ties_low():
+    outputs = iter(
+        [torch.tensor([[0.0, 1.0, 0.0]]), torch.tensor([[1.0, 0.0, 0.0]]), torch.tensor([[0.0, 1.0, 0.0]])]
+    )
+    assert predict_labels(lambda x: next(outputs), torch.zeros(1, 1), samples=3).tolist() == [1]
+    outputs = iter([torch.tensor([[0.0, 0.0, 1.0]]), torch.tensor([[0.0, 1.0, 0.0]])])
+    assert predict_labels(lambda x: next(outputs), torch.zeros(1, 1), samples=2).tolist() == [1]
+    with pytest.raises(ValueError, match="samples"):
+        predict_labels(lambda x: x, torch.zeros(1, 3), samples=0)
