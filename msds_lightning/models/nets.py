@@ -14,7 +14,25 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from torch import nn
 
 
-class SmallCNN(nn.Module):
+class LinearHeadNet(nn.Module):
+    """timm's classifier protocol for our networks: ``forward = forward_head(forward_features(x))`` and a
+    linear ``head`` over ``num_features`` that ``reset_classifier`` replaces."""
+
+    head: nn.Linear
+    num_features: int
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes)
+
+
+class SmallCNN(LinearHeadNet):
     """conv(in→w) → conv(w→2w) → 2×2 max-pool → conv(2w→2w) → global average pool → dropout → linear."""
 
     def __init__(
@@ -36,16 +54,6 @@ class SmallCNN(nn.Module):
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.drop(x.mean(dim=(2, 3))))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes)
 
 
 default_cfgs = generate_default_cfgs(

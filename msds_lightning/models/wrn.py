@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 
+from .nets import LinearHeadNet
+
 BN_MOMENTUM = 0.01
 
 
@@ -41,7 +43,7 @@ class _Block(nn.Module):
         return out + (self.shortcut(activated) if self.shortcut is not None else x)
 
 
-class WideResNetSwish(nn.Module):
+class WideResNetSwish(LinearHeadNet):
     """WRN-depth-width with Swish; ``depth`` = 6k + 4."""
 
     def __init__(self, depth: int = 28, width: int = 10, num_classes: int = 10, in_chans: int = 3, **_):
@@ -76,16 +78,6 @@ class WideResNetSwish(nn.Module):
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(x.mean(dim=(2, 3)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self.head
-
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
-        self.num_classes = num_classes
-        self.head = nn.Linear(self.num_features, num_classes)
 
 
 def _cfg(**kwargs):
