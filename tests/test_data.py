@@ -90,9 +90,78 @@ def test_cifar10_train_and_val_loaders(fake_cifar10):
 
 def test_cifar10_checksums_are_optional(fake_cifar10):
     data = CIFAR10DataModule(fake_cifar10.root, verify_checksums=True, num_workers=0)
-    with pytest.raises(RuntimeError, match="md5") as excinfo:
+    with pytest.raises(ValueError, match="md5") as excinfo:
         data.setup("predict")
     assert str(fake_cifar10.root / "cifar-10-batches-py") in str(excinfo.value)
+
+
+class _Payload:
+    """Pickles as a call of ``os.system`` (what a tampered data file can hide)."""
+
+    def __init__(self, command: str):
+        self.command = command
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (self.command,))
+
+
+@pytest.mark.parametrize("verify_checksums", [False, True])
+def test_tampered_cifar_batch_cannot_run_code(tmp_path, verify_checksums):
+    import pickle
+
+    root = write_fake_cifar10(tmp_path / "c10", n_train=5, n_test=4).root
+    marker = tmp_path / "payload_ran"
+    batch = root / "cifar-10-batches-py" / "test_batch"
+    batch.write_bytes(pickle.dumps({"data": _Payload(f"touch {marker}"), "labels": [0]}))
+    assert not marker.exists()
+    with pytest.raises(ValueError) as excinfo:
+        CIFAR10DataModule(root, num_workers=0, verify_checksums=verify_checksums).setup("predict")
+    assert not marker.exists()  # the payload did not run
+    if not verify_checksums:  # (with the md5 check, the tampered file is refused before it is read)
+        assert str(batch) in str(excinfo.value) and "posix.system" in str(excinfo.value)
+    # the same file through plain pickle would have run it: the test's payload is real
+    pickle.loads(batch.read_bytes())
+    assert marker.exists()
+
+
+def test_cifar_batches_read_in_every_pickle_encoding_and_truncation_is_named(tmp_path):
+    """The restricted unpickler reads the real archive's encoding (Python 2 pickles: numpy.core globals,
+    latin-1 str data) and every protocol Python 3 writes, with the same arrays as torchvision's loader."""
+    import pickle
+
+    import numpy as np
+
+    from msds_lightning.data.cifar10 import SafeCIFAR10
+    from msds_lightning.data.safe_pickle import load_data_pickle
+
+    fake = write_fake_cifar10(tmp_path / "c10", n_train=5, n_test=4)
+    batch = fake.root / "cifar-10-batches-py" / "test_batch"
+    chw = fake.test_images.transpose(0, 3, 1, 2).reshape(4, 3072)
+
+    reconstruct = np.zeros(1).__reduce__()[0]
+
+    class Py2Array:  # what the archive's Python 2 numpy wrote: _reconstruct + state with str data
+        def __reduce__(self):
+            return (reconstruct, (np.ndarray, (0,), "b"),
+                    (1, chw.shape, np.dtype("u1"), False, chw.tobytes().decode("latin1")))  # fmt: skip
+
+    py2 = pickle.dumps({"data": Py2Array(), "labels": fake.test_labels}, protocol=2)
+    py2 = py2.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+    encodings = [py2] + [
+        pickle.dumps({"data": chw, "labels": fake.test_labels}, protocol=p) for p in range(pickle.HIGHEST_PROTOCOL + 1)
+    ]
+    for raw in encodings:
+        batch.write_bytes(raw)
+        dataset = SafeCIFAR10(fake.root, train=False)
+        assert np.array_equal(dataset.data, fake.test_images) and dataset.targets == fake.test_labels
+    assert load_data_pickle(batch)["labels"] == fake.test_labels
+
+    batch.write_bytes(encodings[-1][:200])  # a truncated download
+    with pytest.raises(ValueError, match="not a readable data pickle") as excinfo:
+        CIFAR10DataModule(fake.root, num_workers=0).setup("predict")
+    assert str(batch) in str(excinfo.value) and "cifar-10-python.tar.gz" in str(excinfo.value)
 
 
 def test_cifar10_missing_or_incomplete_root_explains_how_to_get_the_data(tmp_path):

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 from torch.utils.data import Dataset
 from torchvision import transforms
-from torchvision.datasets import CIFAR10, CIFAR100
+from torchvision.datasets import CIFAR10, CIFAR100, VisionDataset
+from torchvision.datasets.utils import check_integrity, download_and_extract_archive
 
 from msds_lightning.data.datasets import ImageDataModule
+from msds_lightning.data.safe_pickle import load_data_pickle
 
 CIFAR10_FOLDER = CIFAR10.base_folder  # "cifar-10-batches-py"
 CIFAR10_FILES = tuple(name for name, _ in CIFAR10.train_list + CIFAR10.test_list) + (
@@ -16,18 +19,59 @@ CIFAR10_FILES = tuple(name for name, _ in CIFAR10.train_list + CIFAR10.test_list
 )
 
 
-class _CIFAR10NoChecksum(CIFAR10):
-    """torchvision's CIFAR10 with the md5 checks reduced to "the file exists" (``check_integrity(path, None)``)."""
+class _SafeCIFARMixin:
+    """torchvision's CIFAR10/CIFAR100 with the batches read by :func:`load_data_pickle` (no data file can run
+    code) and the md5 check optional: with ``verify_checksums=False`` only the files' presence is required
+    (checked by the data module), which also admits re-encoded or synthetic data in the same format."""
 
-    train_list = [[name, None] for name, _ in CIFAR10.train_list]
-    test_list = [[name, None] for name, _ in CIFAR10.test_list]
-    meta = {**CIFAR10.meta, "md5": None}
+    def __init__(self, root, train: bool = True, transform=None, verify_checksums: bool = False) -> None:
+        VisionDataset.__init__(self, root, transform=transform)
+        self.train = train
+        folder = Path(self.root) / self.base_folder
+        files = self.train_list if train else self.test_list
+        if verify_checksums:
+            for name, md5 in [*files, (self.meta["filename"], self.meta["md5"])]:
+                if not check_integrity(str(folder / name), md5):
+                    raise ValueError(
+                        f"{folder / name} failed torchvision's md5 check. Re-extract {self.filename} from "
+                        f"{self.url} into {self.root}, or set verify_checksums: false."
+                    )
+        data, targets = [], []
+        for name, _ in files:
+            entry = self._load(folder / name)
+            images, labels = entry.get("data") if isinstance(entry, dict) else None, None
+            if isinstance(entry, dict):
+                labels = entry.get("labels", entry.get("fine_labels"))
+            if not (isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.ndim == 2
+                    and images.shape[1] == 3 * 32 * 32 and isinstance(labels, list | np.ndarray)
+                    and len(labels) == len(images)):  # fmt: skip
+                raise ValueError(
+                    f"{folder / name} is not a CIFAR batch (a dict with uint8 'data' [N, 3072] and N "
+                    f"'labels'); re-extract {self.filename} from {self.url} into {self.root}"
+                )
+            data.append(images)
+            targets.extend(int(label) for label in labels)
+        self.data = np.vstack(data).reshape(-1, 3, 32, 32).transpose((0, 2, 3, 1))  # HWC, as torchvision
+        self.targets = targets
+        meta = self._load(folder / self.meta["filename"])
+        if not isinstance(meta, dict) or not isinstance(meta.get(self.meta["key"]), list):
+            raise ValueError(f"{folder / self.meta['filename']} lacks the class names {self.meta['key']!r}")
+        self.classes = meta[self.meta["key"]]
+        self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
+
+    def _load(self, path: Path):
+        try:
+            return load_data_pickle(path)
+        except ValueError as err:
+            raise ValueError(f"{err}. Re-extract {self.filename} from {self.url} into {self.root}.") from err
 
 
-class _CIFAR100NoChecksum(CIFAR100):
-    train_list = [[name, None] for name, _ in CIFAR100.train_list]
-    test_list = [[name, None] for name, _ in CIFAR100.test_list]
-    meta = {**CIFAR100.meta, "md5": None}
+class SafeCIFAR10(_SafeCIFARMixin, CIFAR10):
+    """CIFAR-10 read without unpickling code; same items as torchvision's ``CIFAR10``."""
+
+
+class SafeCIFAR100(_SafeCIFARMixin, CIFAR100):
+    """CIFAR-100 read without unpickling code; same items as torchvision's ``CIFAR100``."""
 
 
 class CIFAR10DataModule(ImageDataModule):
@@ -38,7 +82,8 @@ class CIFAR10DataModule(ImageDataModule):
         download: download and extract the archive into ``root`` if missing (needs internet).
         verify_checksums: check the files' md5 sums against the official archive (torchvision's check).
             Off by default: presence of all batch files is checked instead, which also admits re-encoded or
-            synthetic data in the same format.
+            synthetic data in the same format. Either way the batches are read by a restricted unpickler
+            (numpy arrays and plain Python data only), so a tampered file cannot run code.
         predict_split: ``"test"`` (default, 10,000 images) or ``"train"``.
         skip: certify every ``skip``-th image of the predict split (locuslab/smoothing's ``--skip``).
         max: certify only indices below ``max`` (``--max``; negative: no bound). See :func:`cohen_indices`.
@@ -55,10 +100,10 @@ class CIFAR10DataModule(ImageDataModule):
     val_split = "test"
     num_classes = 10
     image_shape = (3, 32, 32)
-    name, torchvision_cls, unchecked_cls, archive = (
+    name, torchvision_cls, dataset_cls, archive = (
         "CIFAR-10",
         CIFAR10,
-        _CIFAR10NoChecksum,
+        SafeCIFAR10,
         "cifar-10-python.tar.gz",
     )
 
@@ -83,8 +128,11 @@ class CIFAR10DataModule(ImageDataModule):
         self.augment = augment
 
     def prepare_data(self) -> None:
-        if self.download:
-            self.torchvision_cls(self.root, train=True, download=True)
+        if self.download and self._missing_files():
+            # torchvision's own download would unpickle the batches with pickle.load afterwards; fetch and
+            # extract the md5-checked archive only, and read it with the restricted unpickler later
+            cls = self.torchvision_cls
+            download_and_extract_archive(cls.url, str(self.root), filename=cls.filename, md5=cls.tgz_md5)
 
     def build_dataset(self, split: str, train: bool) -> Dataset:
         if split not in self.splits:
@@ -102,14 +150,9 @@ class CIFAR10DataModule(ImageDataModule):
             )
         else:
             transform = transforms.ToTensor()
-        dataset_cls = self.torchvision_cls if self.verify_checksums else self.unchecked_cls
-        try:
-            return dataset_cls(self.root, train=split == "train", transform=transform)
-        except RuntimeError as err:  # torchvision's "not found or corrupted"
-            raise RuntimeError(
-                f"{self.name} files in {self.root / self._folder} failed torchvision's md5 check ({err}). "
-                f"Re-extract {self.archive} from {self.torchvision_cls.url} there, or set verify_checksums: false."
-            ) from err
+        return self.dataset_cls(
+            self.root, train=split == "train", transform=transform, verify_checksums=self.verify_checksums
+        )
 
     @property
     def _folder(self) -> str:
@@ -142,10 +185,10 @@ class CIFAR100DataModule(CIFAR10DataModule):
     :class:`CIFAR10DataModule`, with ``root`` holding ``cifar-100-python/``."""
 
     num_classes = 100
-    name, torchvision_cls, unchecked_cls, archive = (
+    name, torchvision_cls, dataset_cls, archive = (
         "CIFAR-100",
         CIFAR100,
-        _CIFAR100NoChecksum,
+        SafeCIFAR100,
         "cifar-100-python.tar.gz",
     )
 
