@@ -61,12 +61,21 @@ def _analyze_arguments(p: argparse.ArgumentParser) -> None:
 
 @command("analyze", "tabulate certified accuracy, ACR and abstention from result TSVs", _analyze_arguments)
 def _analyze(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from .analysis import FORMATTERS, plot_certified_accuracy, summarize
     from .results import read_results
 
     if any(r < 0 for r in args.radii):
         raise ValueError(f"--radii must be >= 0, got {args.radii}")
     results = [read_results(p) for p in args.results]
+    for path, res in zip(args.results, results):
+        if len(res) == 0:
+            raise ValueError(f"{path} has no result rows (only a header): nothing to tabulate")
+        nan, inf = int(np.isnan(res.radius).sum()), int(np.isinf(res.radius).sum())
+        if nan or inf:  # NaN never counts as certified, inf counts at every radius: say so
+            print(f"msds analyze: warning: {path} has {nan} NaN and {inf} infinite radius value(s); NaN rows "
+                  f"count as not certified, infinite ones as certified at every radius", file=sys.stderr)  # fmt: skip
     table = FORMATTERS[args.format]([summarize(r, args.radii) for r in results])
     sys.stdout.write(table)
     if args.output:
@@ -137,12 +146,93 @@ def run_certify(argv: Sequence[str]) -> int:
             f"{hpc[-1]} is a training checkpoint that Lightning would load into the certification model under "
             f"SLURM; give certification its own --trainer.default_root_dir"
         )
-    output = Path(cli.config["results"]["output"])
-    if cli.trainer.is_global_zero:  # the resolved config beside the results: a run can be repeated exactly
-        output.parent.mkdir(parents=True, exist_ok=True)
-        cli.parser.save(cli.config, output.with_suffix(".config.yaml"), overwrite=True, skip_validation=True)
-    cli.trainer.predict(cli.model, datamodule=cli.datamodule, return_predictions=False)
+    from .callbacks import CertificationWriter
+    from .callbacks.writer import CertificationStopped
+    from .runs import check_output_path
+
+    writer = next(cb for cb in cli.trainer.callbacks if isinstance(cb, CertificationWriter))
+    config = cli.config.as_dict()
+    output = Path(config["results"]["output"])
+    try:
+        if cli.trainer.is_global_zero:  # every check before anything is written
+            check_output_path(output, "--results.output")
+            check_classifier_input(cli.model, cli.datamodule)
+            writer.fingerprint = certify_fingerprint(config)
+            writer.prepare()  # lock, then the fingerprint: refuses to mix rows of other settings
+            # the resolved config beside the results: a run can be repeated exactly
+            cli.parser.save(cli.config, output.with_suffix(".config.yaml"), overwrite=True, skip_validation=True)
+        cli.trainer.predict(cli.model, datamodule=cli.datamodule, return_predictions=False)
+    except CertificationStopped as stop:
+        print(f"msds certify: {stop} after writing the finished rows to {writer.shard_dir}; rerun the same "
+              f"command to resume", file=sys.stderr)  # fmt: skip
+        return 128 + stop.signum
+    finally:
+        writer.close()
     return 0
+
+
+# Settings that do not change a certification row (rows are keyed by dataset index and noise seed, and
+# are the same for any batch size, device count or data location) or are checked per row (skip/max).
+_UNFINGERPRINTED = {
+    "model": {"batch_size"},
+    "data": {"root", "download", "verify_checksums", "batch_size", "num_workers", "pin_memory", "skip",
+             "max", "augment"},  # fmt: skip
+}
+
+
+def certify_fingerprint(config: dict) -> dict[str, object]:
+    """The run fingerprint of a resolved ``msds certify`` config (see :mod:`msds_lightning.runs`): the model
+    section (σ, n0, n, α, seed, noise block, sampling, the classifier and denoiser with their arguments)
+    with local checkpoint paths replaced by content hashes, the trainer's precision, the data module's
+    class and split, and for adaptive sampling the radius grid it stops on."""
+    from .runs import fingerprint, flatten
+
+    model = {k: v for k, v in config["model"].items() if k not in _UNFINGERPRINTED["model"]}
+    data = config["data"]
+    if isinstance(data, dict) and "init_args" in data:
+        args = {k: v for k, v in (data.get("init_args") or {}).items() if k not in _UNFINGERPRINTED["data"]}
+        data = {"class_path": data.get("class_path"), "init_args": args}
+    settings = {"model": model, "data": data, "trainer": {"precision": config["trainer"].get("precision")}}
+    if model.get("sampling") == "adaptive":  # the stopping grid changes the rows; otherwise only the table
+        model["radii"] = config["results"]["radii"]
+    else:
+        model.pop("radii", None)
+    checkpoints = {
+        f"model.{name}": value
+        for name, value in flatten(model).items()
+        if isinstance(value, str) and ("/" in value or "." in value) and Path(value).expanduser().exists()
+    }
+    return fingerprint(settings, {k: Path(v).expanduser() for k, v in checkpoints.items()})
+
+
+def check_classifier_input(model, datamodule) -> None:
+    """A dry forward of the classifier on the first image to certify, so that an image size the model does
+    not take (a fixed-size ViT fed 32 px CIFAR images) or a wrong class count fails now, in one line."""
+    import torch
+
+    predict_dataset = getattr(datamodule, "predict_dataset", None)
+    classifier = getattr(model, "classifier", None)
+    if predict_dataset is None or classifier is None:
+        return
+    dataset = predict_dataset()
+    if len(dataset) == 0:
+        raise ValueError("no image to certify: the data selection (--data.init_args.skip/max) is empty")
+    image = dataset[0][0][None]
+    name = getattr(classifier, "model_name", type(classifier).__name__)
+    try:
+        with torch.no_grad():
+            logits = classifier.eval()(image)
+    except (AssertionError, RuntimeError, ValueError, TypeError) as err:
+        raise ValueError(
+            f"the classifier {name} cannot take the data's {'x'.join(map(str, image.shape[1:]))} images "
+            f"({type(err).__name__}: {err}); a fixed-size model needs --model.classifier.init_args.input_size "
+            f"(e.g. 224 for *_224 models)"
+        ) from None
+    if tuple(logits.shape) != (1, model.num_classes):
+        raise ValueError(
+            f"the classifier {name} returns logits of shape {tuple(logits.shape[1:])} per image, expected "
+            f"({model.num_classes},) (model.num_classes)"
+        )
 
 
 def _run_demo(argv: Sequence[str]) -> int:
@@ -187,7 +277,13 @@ def _fit_command(module_path: str, prog: str) -> Callable[[Sequence[str]], int]:
             ),
             save_config_kwargs={"overwrite": True},  # a resumed or requeued run rewrites the same config
         )
-        cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.config.get("ckpt_path"))
+        ckpt_path = cli.config.get("ckpt_path")
+        if ckpt_path not in (None, "last", "best", "hpc", "registry"):
+            from .runs import check_training_checkpoint
+
+            check_training_checkpoint(ckpt_path)  # one clear line now, not an unpickling traceback later
+        # weights_only: a checkpoint file never runs code when it is loaded
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path, weights_only=True)
         return 0
 
     return run
@@ -243,13 +339,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _message(err: BaseException) -> str:
+    """The error's text, with our own message first where jsonargparse wraps it in a Union dump
+    ("Does not validate against any of the Union subtypes ... Errors: - <ours> - Expected a NoneType")."""
+    text = str(err)
+    if "Errors:" in text and "Union subtypes" in text:
+        bullets = [line.strip()[2:] for line in text.split("Errors:", 1)[1].splitlines() if line.strip().startswith("- ")]
+        ours = [b for b in bullets if not b.startswith(("Expected a ", "Not a valid subclass", "Problem with given class_path"))]
+        if ours:
+            return ours[0]
+    return text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in DELEGATED_COMMANDS:
         try:
             return DELEGATED_COMMANDS[argv[0]][1](argv[1:])
         except (ValueError, OSError) as err:  # bad config values or files: say which, no traceback
-            print(f"msds {argv[0]}: error: {err}", file=sys.stderr)
+            print(f"msds {argv[0]}: error: {_message(err)}", file=sys.stderr)
             return 2
     args = build_parser().parse_args(argv)
     try:

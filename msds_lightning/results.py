@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import csv
 import datetime
+import errno
+import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -68,7 +70,8 @@ def header(extra_columns: Sequence[str] = ()) -> str:
 
 class ResultWriter:
     """Append-only writer of result rows; each row is flushed (and fsynced) as it is written, so a killed
-    job loses at most the row being written. An existing file is appended to after checking its header."""
+    job loses at most the row being written. An existing file is appended to after checking its header and
+    cutting an unfinished last line. The caller holds the file's :class:`~msds_lightning.runs.OutputLock`."""
 
     def __init__(self, path: str | os.PathLike, extra_columns: Sequence[str] = (), fsync: bool = True):
         self.path = Path(path)
@@ -83,16 +86,20 @@ class ResultWriter:
                 raise ValueError(
                     f"{self.path} has header {found!r}, expected {expected!r}; refusing to append"
                 )
+            _drop_partial_last_line(self.path)
             self._file = self.path.open("a")
-        else:
-            self._file = self.path.open("w")
+        else:  # append mode even here: never truncate a file another process might be writing
+            self._file = self.path.open("a")
             self._write(expected)
 
     def _write(self, line: str) -> None:
-        self._file.write(line + "\n")
-        self._file.flush()
-        if self.fsync:
-            os.fsync(self._file.fileno())
+        try:
+            self._file.write(line + "\n")
+            self._file.flush()
+            if self.fsync:
+                os.fsync(self._file.fileno())
+        except OSError as err:  # e.g. ENOSPC: say which file; the rows written so far stay valid
+            raise OSError(err.errno, f"cannot write to {self.path} ({err.strerror})") from None
 
     def write(self, idx, label, predict, radius, seconds, **extra) -> None:
         self._write(format_row(idx, label, predict, radius, seconds, extra, self.extra_columns))
@@ -123,13 +130,88 @@ def _complete_lines(path: str | os.PathLike) -> list[str]:
     return [line for line in text.split("\n")[:-1] if line.strip()]
 
 
-def done_indices(paths: Iterable[str | os.PathLike]) -> set[int]:
-    """Dataset indices already written to any of the existing result files (complete rows only)."""
-    done: set[int] = set()
+def row_problem(cells: Sequence[str], head: Sequence[str], size: int | None = None) -> str | None:
+    """Why a result row is not a valid row of a file with header ``head`` (``None`` if it is valid).
+
+    Checks the field count, ``idx``/``label``/``predict`` as integers (``idx`` in ``[0, size)`` when the data
+    set size is known, ``predict`` >= -1), ``radius`` a finite number >= 0, and ``correct`` the 0/1 that
+    ``predict == label`` gives."""
+    if len(cells) != len(head):
+        return f"{len(cells)} fields, the header has {len(head)}"
+    row = dict(zip(head, cells))
+    try:
+        idx, label, predict = int(row["idx"]), int(row["label"]), int(row["predict"])
+        radius, correct = float(row["radius"]), int(row["correct"])
+    except (KeyError, ValueError) as err:
+        return f"unreadable value ({err})"
+    if idx < 0 or (size is not None and idx >= size):
+        return f"idx {idx} outside the data set (0..{size - 1 if size else '?'})"
+    if predict < -1 or label < 0:
+        return f"label {label} / predict {predict} out of range"
+    if not math.isfinite(radius) or radius < 0:
+        return f"radius {row['radius']!r} is not a finite number >= 0"
+    if correct != int(predict == label):
+        return f"correct {correct} contradicts predict {predict} and label {label}"
+    return None
+
+
+@dataclass
+class ScannedRows:
+    """Valid rows of one or more result files: ``rows`` maps idx -> (line, "file:line") of its first row;
+    ``problems`` lists the skipped malformed rows as ``"file:line: reason"``."""
+
+    header: str | None
+    rows: dict[int, tuple[str, str]]
+    problems: list[str]
+
+
+def scan_result_files(
+    paths: Iterable[str | os.PathLike], size: int | None = None, check=row_problem,
+    volatile: Sequence[str] = ("time",),
+) -> ScannedRows:  # fmt: skip
+    """Parse and check every complete row of the existing files among ``paths`` with ``check`` (default
+    :func:`row_problem`; ``check(cells, header_cells, size)`` returns why a row is invalid, or ``None``).
+
+    A malformed row is skipped (its image counts as not done, so it is certified again) and reported in
+    ``problems``. The files must share one header, and two valid rows of one idx must agree on every column
+    but the ``volatile`` ones (a re-done image gives the same row); otherwise ``ValueError`` names both
+    places."""
+    head, rows, problems = None, {}, []
     for path in paths:
-        if Path(path).is_file():
-            done.update(int(line.split("\t", 1)[0]) for line in _complete_lines(path)[1:])
-    return done
+        if not Path(path).is_file():
+            continue
+        lines = _complete_lines(path)
+        if not lines:
+            continue
+        if head is None:
+            head = lines[0]
+        elif lines[0] != head:
+            raise ValueError(f"{path} has header {lines[0]!r}, expected {head!r} (as in the other result files)")
+        columns = head.split("\t")
+        if "idx" not in columns or not set(volatile) <= set(columns):
+            raise ValueError(f"{path}: header {head!r} is not a result header (expected {header()!r} ...)")
+        compared = [k for k, c in enumerate(columns) if c not in volatile]
+        for number, line in enumerate(lines[1:], start=2):
+            where = f"{path}:{number}"
+            cells = line.split("\t")
+            problem = check(cells, columns, size)
+            if problem:
+                problems.append(f"{where}: {problem}")
+                continue
+            idx = int(cells[columns.index("idx")])
+            if idx in rows:
+                first, first_where = rows[idx]
+                other = first.split("\t")
+                if [other[k] for k in compared] != [cells[k] for k in compared]:
+                    raise ValueError(f"conflicting rows for idx {idx}: {first_where} and {where} differ")
+                continue
+            rows[idx] = (line, where)
+    return ScannedRows(head, rows, problems)
+
+
+def done_indices(paths: Iterable[str | os.PathLike], size: int | None = None) -> set[int]:
+    """Dataset indices with a valid row in any of the existing result files (malformed rows do not count)."""
+    return set(scan_result_files(paths, size).rows)
 
 
 @dataclass
@@ -146,6 +228,15 @@ class Results:
 
     def __len__(self) -> int:
         return len(self.idx)
+
+    def subset(self, indices: Iterable[int]) -> Results:
+        """The rows whose idx is in ``indices`` (e.g. the index set of the current run)."""
+        keep = np.isin(self.idx, np.fromiter(indices, dtype=np.int64))
+        rows = np.flatnonzero(keep)
+        return Results(
+            self.name, self.idx[keep], self.label[keep], self.predict[keep], self.radius[keep],
+            self.correct[keep], {c: [v[k] for k in rows] for c, v in self.columns.items()},
+        )  # fmt: skip
 
     def column(self, name: str, dtype=float) -> np.ndarray:
         if name not in self.columns:
@@ -185,43 +276,35 @@ def read_results(path: str | os.PathLike, name: str | None = None) -> Results:
 
 
 def merge_result_files(
-    shards: Iterable[str | os.PathLike], output: str | os.PathLike, expected: Iterable[int] | None = None
+    shards: Iterable[str | os.PathLike], output: str | os.PathLike, expected: Iterable[int] | None = None,
+    size: int | None = None, check=row_problem, volatile: Sequence[str] = ("time",),
 ) -> int:
-    """Merge shard TSVs (same header) into ``output`` sorted by idx, keeping one row per idx.
+    """Merge result files (same header) into ``output`` sorted by idx, one valid row per idx.
 
-    Rows of an idx seen twice (e.g. re-done after a crash) must be identical apart from ``time``;
-    otherwise a ``ValueError`` is raised rather than silently picking one. With ``expected`` given, a
-    missing index also raises. Returns the number of rows written.
+    Rows are checked as in :func:`scan_result_files`: malformed ones are left out (never merged), two rows
+    of one idx that differ apart from ``volatile`` columns raise ``ValueError``. With ``expected`` given, a missing index
+    raises. The merge is written to a temporary file, read back and verified, then moved into place, so
+    the shards may be deleted once this returns. Returns the number of rows written.
     """
-    head, by_idx = None, {}
-    for shard in shards:
-        lines = _complete_lines(shard)
-        if not lines:
-            continue
-        if head is None:
-            head = lines[0]
-        elif lines[0] != head:
-            raise ValueError(f"{shard} has header {lines[0]!r}, expected {head!r}")
-        time_col = head.split("\t").index("time")
-        for line in lines[1:]:
-            cells = line.split("\t")
-            idx = int(cells[0])
-            if idx in by_idx:
-                other = by_idx[idx].split("\t")
-                if other[:time_col] + other[time_col + 1 :] != cells[:time_col] + cells[time_col + 1 :]:
-                    raise ValueError(f"conflicting rows for idx {idx}: {by_idx[idx]!r} vs {line!r}")
-                continue
-            by_idx[idx] = line
+    scan = scan_result_files(shards, size, check, volatile)
     if expected is not None:
-        missing = sorted(set(expected) - set(by_idx))
+        missing = sorted(set(expected) - set(scan.rows))
         if missing:
             raise ValueError(f"merged results miss {len(missing)} index(es), e.g. {missing[:10]}")
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(output.name + ".tmp")
-    with tmp.open("w") as f:
-        f.write((head or header()) + "\n")
-        for idx in sorted(by_idx):
-            f.write(by_idx[idx] + "\n")
+    lines = [scan.header or header()] + [scan.rows[idx][0] for idx in sorted(scan.rows)]
+    try:
+        with tmp.open("w") as f:
+            f.write("".join(line + "\n" for line in lines))
+            f.flush()
+            os.fsync(f.fileno())
+        again = scan_result_files([tmp], size, check, volatile)
+        if _complete_lines(tmp) != lines or again.problems or set(again.rows) != set(scan.rows):
+            raise OSError(errno.EIO, f"the merged file {tmp} did not read back as written")
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise OSError(err.errno, f"cannot write {output} ({err.strerror}); the shards are kept") from None
     os.replace(tmp, output)  # atomic: a reader never sees a half-written merge
-    return len(by_idx)
+    return len(scan.rows)

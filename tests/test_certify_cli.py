@@ -92,6 +92,8 @@ def test_resume_fills_in_only_missing_rows(assets, single_run, tmp_path):
     full = single_run.read_text().splitlines()
     kept = [full[0], full[1], full[3], full[6]]  # rows of idx 0, 2, 5 survive a "crash"
     output.write_text("\n".join(kept) + "\n" + full[2][:7])  # plus a half-written row
+    fingerprint = single_run.with_suffix(".fingerprint.json")  # the crashed run's: same settings
+    output.with_suffix(".fingerprint.json").write_text(fingerprint.read_text())
     assert main(["certify", *overrides(assets, output)]) == 0
     assert rows_without_time(output) == rows_without_time(single_run)
     resumed = output.read_text().splitlines()
@@ -225,3 +227,129 @@ def test_adaptive_sampling_from_cli_matches_engine_and_records_samples(assets, t
     table = capsys.readouterr().out
     assert "samples/image" in table.splitlines()[0]
     assert f"{res.column('samples').mean():,.0f}" in table
+
+
+# --- results that cannot lie: settings-checked resume, validated rows, one writer, up-front checks ---------
+
+
+def _copy_run(run: Path, output: Path) -> None:
+    """``run``'s TSV, fingerprint and config under the name ``output`` (a finished run moved elsewhere)."""
+    for suffix in (".tsv", ".fingerprint.json", ".config.yaml"):
+        output.with_suffix(suffix).write_bytes(run.with_suffix(suffix).read_bytes())
+
+
+def test_finished_output_rerun_with_other_settings_is_refused(assets, single_run, tmp_path, capsys):
+    output = tmp_path / "done.tsv"
+    _copy_run(single_run, output)
+    before = {s: output.with_suffix(s).read_bytes() for s in (".tsv", ".config.yaml", ".fingerprint.json")}
+
+    assert main(["certify", *overrides(assets, output, "--model.sigma=0.5")]) == 2
+    err = capsys.readouterr().err
+    assert "model.sigma: 0.25 -> 0.5" in err and "--results.overwrite true" in err and "Traceback" not in err
+    other = tmp_path / "other.safetensors"  # same path argument style, other weights
+    from safetensors.torch import save_file
+
+    save_file(tiny_classifier(seed=2).model.state_dict(), other)
+    assert main(["certify", *overrides(assets, output, f"--model.classifier.init_args.checkpoint={other}")]) == 2
+    assert "model.classifier.init_args.checkpoint: \"sha256:" in capsys.readouterr().err
+    # nothing was touched, the recorded config included
+    assert {s: output.with_suffix(s).read_bytes() for s in before} == before
+
+    # the same settings with the checkpoint at another path: the same fingerprint, resumed (nothing to do)
+    moved = tmp_path / "moved.safetensors"
+    moved.write_bytes((assets / "classifier.safetensors").read_bytes())
+    assert main(["certify", *overrides(assets, output, f"--model.classifier.init_args.checkpoint={moved}")]) == 0
+    assert rows_without_time(output) == rows_without_time(single_run)
+
+    # an explicit overwrite starts afresh with the new settings
+    assert main(["certify", *overrides(assets, output, "--model.sigma=0.5", "--results.overwrite=true")]) == 0
+    assert set(read_results(output).columns["sigma"]) == {"0.5"}
+    assert "sigma: 0.5" in output.with_suffix(".config.yaml").read_text()
+
+
+def test_foreign_file_as_output_is_refused(assets, tmp_path, capsys):
+    output = tmp_path / "notes.tsv"
+    output.write_text("name\tvalue\nx\t1\n")
+    assert main(["certify", *overrides(assets, output)]) == 2
+    assert "holds rows but no run fingerprint" in capsys.readouterr().err
+    assert output.read_text() == "name\tvalue\nx\t1\n"
+
+
+def test_malformed_shard_row_is_dropped_and_redone(assets, single_run, tmp_path, capsys):
+    output = tmp_path / "crashed.tsv"
+    output.with_suffix(".fingerprint.json").write_bytes(single_run.with_suffix(".fingerprint.json").read_bytes())
+    full = single_run.read_text().splitlines()
+    shard = output.with_name(output.name + ".shards") / "rank0.tsv"
+    shard.parent.mkdir()
+    # rows of idx 0 and 1, then a row of idx 2 that lost its fields, then idx 3 with a contradictory 'correct'
+    bad_correct = full[4].split("\t")
+    bad_correct[4] = str(1 - int(bad_correct[4]))
+    shard.write_text("\n".join([full[0], full[1], full[2], "2\t5\t", "\t".join(bad_correct)]) + "\n")
+    assert main(["certify", *overrides(assets, output)]) == 0
+    err = capsys.readouterr().err
+    assert f"{shard}:4" in err and f"{shard}:5" in err and "malformed" in err
+    assert rows_without_time(output) == rows_without_time(single_run)
+    assert not shard.parent.exists()
+
+
+def test_summary_covers_only_the_current_index_set(assets, single_run, tmp_path, capsys):
+    output = tmp_path / "subset.tsv"
+    _copy_run(single_run, output)
+    assert main(["certify", *overrides(assets, output, "--data.init_args.max=3")]) == 0  # all done already
+    summary = output.with_suffix(".md").read_text()
+    assert "4 row(s)" in summary and "not in this table" in summary
+    assert len(read_results(output)) == N_IMAGES  # the finished rows stay in the TSV
+
+
+def test_second_writer_is_refused_while_the_first_holds_the_output(assets, tmp_path, capsys):
+    """Two real processes: a holder of the output's lock (as a running `msds certify` holds it), then a
+    second certification on the same output; a kill -9 of the holder frees the lock."""
+    from msds_lightning.runs import OutputLock
+
+    output = tmp_path / "shared.tsv"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from msds_lightning.runs import OutputLock; "
+         "OutputLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(600)", str(output)],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert main(["certify", *overrides(assets, output)]) == 2
+        err = capsys.readouterr().err
+        assert f"pid {holder.pid}" in err and "being written by another run" in err
+        assert not output.exists() and not output.with_suffix(".config.yaml").exists()
+    finally:
+        holder.kill()  # SIGKILL: no cleanup code runs in the holder
+        holder.wait()
+    with OutputLock(output):  # the OS released it
+        pass
+
+
+@pytest.mark.parametrize(
+    "case,override,message",
+    [
+        ("folder", None, "is a folder"),
+        ("fixed size", "--model.classifier.init_args.model_name=vit_tiny_patch16_224", "input_size"),
+        ("text checkpoint", "TEXT", "neither a safetensors file nor a torch.save checkpoint"),
+        ("union dump", "--model.denoiser.init_args.path=/nonexistent/denoiser", "Denoiser folder not found"),
+    ],
+)
+def test_bad_inputs_fail_up_front_in_one_line(assets, tmp_path, capsys, case, override, message):
+    output = tmp_path / "run.tsv"
+    args = overrides(assets, output)
+    if case == "folder":
+        output.mkdir()
+    elif case == "text checkpoint":
+        text = tmp_path / "weights.pt"
+        text.write_text("hello\n")
+        args.append(f"--model.classifier.init_args.checkpoint={text}")
+    elif case == "fixed size":  # an untrained timm ViT-Tiny at 224 px, fed the 32 px images
+        dropped = ("--model.classifier.init_args.model_kwargs", "--model.classifier.init_args.checkpoint")
+        args = [a for a in args if not a.startswith(dropped)] + [override, dropped[1] + "=null"]
+    else:
+        args.append(override)
+    assert main(["certify", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("msds certify: error: ") and message in err[0], err
+    assert "Traceback" not in "\n".join(err)
+    assert not any(p.suffix in (".yaml", ".json") for p in tmp_path.iterdir()), list(tmp_path.iterdir())

@@ -57,6 +57,31 @@ def test_sigkill_mid_run_then_rerun_gives_identical_results(tiny_assets, referen
     assert rows_without_time(output) == rows_without_time(reference)
 
 
+def test_sigterm_stops_after_the_batch_then_resume_checks_settings(tiny_assets, reference, tmp_path):
+    """`kill`/`timeout`/SLURM's SIGTERM: the run stops after the rows in flight are written, exits 143 and
+    says how to resume; resuming the shards with another σ is refused; the same command completes them."""
+    output = tmp_path / "stopped.tsv"
+    shard = output.with_name(output.name + ".shards") / "rank0.tsv"
+    proc = subprocess.Popen(certify_cmd(tiny_assets, output, *SLOW), env=env(), cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if shard.is_file() and len(shard.read_text().splitlines()) >= 2:  # header + 1 image
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run finished before it could be stopped"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert "stopped by SIGTERM" in err and "rerun the same command to resume" in err
+    done = len(shard.read_text().splitlines()) - 1
+    assert 1 <= done < N_IMAGES and not output.exists()
+
+    assert main(["certify", *overrides(tiny_assets, output, *SLOW, "--model.sigma=0.5")]) == 2
+    assert main(["certify", *overrides(tiny_assets, output, *SLOW)]) == 0
+    assert rows_without_time(output) == rows_without_time(reference)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -2,35 +2,64 @@
 
 Each rank appends its rows to ``<output>.shards/rank<k>.tsv`` (flushed per row). At the end rank 0 merges
 the previous merged file and all shards into ``<output>``, sorted by idx, with exactly one row per
-dataset index of the run (a missing or conflicting index raises), then prints the summary table and
-writes it next to the output as ``<output stem>.md``.
+dataset index of the run (a missing or conflicting index raises), then prints the summary table of the
+run's index set and writes it next to the output as ``<output stem>.md``.
 
-Resuming: at start every rank reads the indices already present in ``<output>`` and the shards, and the
-module skips them. A killed run therefore loses at most the images in flight, and a restarted run —
-with any number of processes — fills in exactly the rest.
+Resuming, and what is checked so that a resumed table cannot mix runs:
+
+* **settings** — the run fingerprint (:mod:`msds_lightning.runs`; set by ``msds certify``) is stored as
+  ``<output stem>.fingerprint.json`` and in the shard folder; a rerun with other settings (σ, n, α, seed,
+  model, checkpoint contents, precision, data set and split) is refused, naming the differences.
+* **one writer** — rank 0 holds ``<output>.lock`` and each rank ``rank<k>.lock`` for the run.
+* **rows** — every existing row is parsed and checked (fields, types, idx in the data set, ``correct``);
+  malformed rows are reported with file and line and their images certified again; the merge is verified
+  before the shards are deleted.
+
+At start every rank reads the indices already present in ``<output>`` and the shards, and the module skips
+them. A killed run therefore loses at most the images in flight, and a restarted run — with any number of
+processes — fills in exactly the rest. SIGTERM/SIGINT stop the run after the rows of the current batch are
+written (:class:`CertificationStopped`); a second SIGINT stops at once.
 """
 
 from __future__ import annotations
 
+import shutil
+import signal
 from collections.abc import Sequence
 from pathlib import Path
 
 from lightning.pytorch.callbacks import BasePredictionWriter
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from ..analysis import CIFAR10_RADII, format_markdown, summarize
-from ..results import ResultWriter, done_indices, merge_result_files, read_results
+from ..results import ResultWriter, merge_result_files, read_results, scan_result_files
+from ..runs import OutputLock, check_fingerprint, check_output_path, fingerprint_path, write_fingerprint
+
+OVERWRITE_HINT = "--results.overwrite true"
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class CertificationStopped(Exception):
+    """A stop signal arrived; the rows of every finished batch are written, and a rerun resumes."""
+
+    def __init__(self, signum: int):
+        self.signum = int(signum)
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
 
 
 class CertificationWriter(BasePredictionWriter):
     """:param output: merged result TSV path
     :param radii: radii of the summary table ([0,1] pixel units)
     :param progress_interval: seconds between per-rank progress lines on stderr (0: never); the progress
-        bar shows rank 0 only, and on a cluster every rank's pace matters"""
+        bar shows rank 0 only, and on a cluster every rank's pace matters
+    :param overwrite: discard an existing output (TSV, shards, summary, fingerprint) instead of resuming it
+
+    ``fingerprint`` (set by ``msds certify`` before the run) is the run's settings fingerprint; without one
+    (the writer used from Python) rows are resumed on idx alone, as before."""
 
     def __init__(
         self, output: str = "outputs/certify.tsv", radii: Sequence[float] = CIFAR10_RADII,
-        progress_interval: float = 300.0,
+        progress_interval: float = 300.0, overwrite: bool = False,
     ):  # fmt: skip
         super().__init__(write_interval="batch")
         self.progress_interval = float(progress_interval)
@@ -38,27 +67,122 @@ class CertificationWriter(BasePredictionWriter):
         self.output = Path(output)
         self.shard_dir = self.output.with_name(self.output.name + ".shards")
         self.radii = [float(r) for r in radii]
+        self.overwrite = bool(overwrite)
+        self.fingerprint: dict | None = None
         self._writer: ResultWriter | None = None
+        self._lock = OutputLock(self.output, hint="give another --results.output")
+        self._shard_lock: OutputLock | None = None
+        self._prepared = False
+        self._stop_signal: int | None = None
+        self._old_handlers: dict[int, object] = {}
 
     def _existing(self) -> list[Path]:
         return [self.output, *sorted(self.shard_dir.glob("rank*.tsv"))]
 
+    def _fingerprint_files(self) -> list[Path]:
+        return [fingerprint_path(self.output), self.shard_dir / "fingerprint.json"]
+
+    def discard(self) -> None:
+        """Delete the output's rows, summary and fingerprint (``overwrite``); lock files stay."""
+        for path in (self.output, self.output.with_suffix(".md"), *self._fingerprint_files()):
+            path.unlink(missing_ok=True)
+        for shard in self.shard_dir.glob("rank*.tsv"):
+            shard.unlink()
+
+    def prepare(self) -> None:
+        """Rank 0, before anything is written: check the output path, take the output lock, and check (or,
+        for a fresh output, record) the run fingerprint. Raises ``ValueError`` naming the problem."""
+        if self._prepared:
+            return
+        check_output_path(self.output, "--results.output")
+        self._lock.acquire()
+        try:
+            self._check_or_discard()
+        except BaseException:
+            self._lock.release()
+            raise
+        self._prepared = True
+
+    def _check_or_discard(self) -> None:
+        if self.overwrite:
+            self.discard()
+        if self.fingerprint is not None:
+            has_rows = any(p.is_file() and p.stat().st_size > 0 for p in self._existing())
+            stored, in_shards = self._fingerprint_files()
+            if in_shards.is_file():  # shards of an unfinished run
+                check_fingerprint(in_shards, self.fingerprint, has_rows, str(self.shard_dir), OVERWRITE_HINT)
+            if check_fingerprint(stored, self.fingerprint, has_rows, str(self.output), OVERWRITE_HINT):
+                write_fingerprint(stored, self.fingerprint)  # a fresh output: recorded before any row
+
+    def close(self) -> None:
+        """Restore the signal handlers, close the shard and release the locks (idempotent)."""
+        self._restore_signal_handlers()
+        self.release()
+
+    def release(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        for lock in (self._shard_lock, self._lock):
+            if lock is not None:
+                lock.release()
+        self._prepared = False
+
+    # --- stop signals ---------------------------------------------------------------------------------
+    def _on_signal(self, signum, frame) -> None:
+        if self._stop_signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now
+        self._stop_signal = signum
+        rank_zero_info(f"{signal.Signals(signum).name} received: stopping after the rows of this batch")
+
+    def _install_signal_handlers(self) -> None:
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum in STOP_SIGNALS:
+            self._old_handlers[signum] = signal.signal(signum, self._on_signal)
+
+    def _restore_signal_handlers(self) -> None:
+        for signum, handler in self._old_handlers.items():
+            signal.signal(signum, handler)
+        self._old_handlers = {}
+
+    # --- Lightning hooks ------------------------------------------------------------------------------
     def setup(self, trainer, pl_module, stage: str) -> None:
         if stage != "predict":
             return
-        done = done_indices(self._existing())
+        if trainer.is_global_zero:
+            self.prepare()  # done already by `msds certify`; here for runs driven from Python
+        trainer.strategy.barrier()  # the output is locked and checked (or discarded) before anyone reads it
+        size = _dataset_size(trainer)
+        scan = scan_result_files(self._existing(), size)
+        if scan.problems and trainer.is_global_zero:
+            rank_zero_warn(
+                f"{len(scan.problems)} malformed result row(s) skipped; their images are certified again:\n  "
+                + "\n  ".join(scan.problems[:10])
+            )
         trainer.strategy.barrier()  # everyone has read the old shards before anyone appends to them
-        pl_module.skip_indices = done
-        if done:
-            rank_zero_info(f"resuming: {len(done)} image(s) already certified in {self.output}")
+        pl_module.skip_indices = set(scan.rows)
+        if scan.rows:
+            rank_zero_info(f"resuming: {len(scan.rows)} image(s) already certified in {self.output}")
+        shard = self.shard_dir / f"rank{trainer.global_rank}.tsv"
+        self.shard_dir.mkdir(parents=True, exist_ok=True)
+        self._shard_lock = OutputLock(shard, hint="give another --results.output").acquire()
+        if trainer.is_global_zero and self.fingerprint is not None:
+            write_fingerprint(self.shard_dir / "fingerprint.json", self.fingerprint)
         columns = getattr(pl_module, "extra_columns", ())
-        self._writer = ResultWriter(self.shard_dir / f"rank{trainer.global_rank}.tsv", extra_columns=columns)
+        self._writer = ResultWriter(shard, extra_columns=columns)
+        self._stop_signal = None
+        self._install_signal_handlers()
 
     def write_on_batch_end(
         self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0
     ):
         for row in prediction:
             self._writer.write(**row)
+        if self._stop_signal is not None:
+            raise CertificationStopped(self._stop_signal)
 
     def on_predict_end(self, trainer, pl_module) -> None:
         if self._writer is not None:
@@ -72,13 +196,40 @@ class CertificationWriter(BasePredictionWriter):
             complete = (
                 limit is None or (isinstance(limit, float) and limit == 1.0)
             ) and not trainer.fast_dev_run
-            expected = getattr(trainer.predict_dataloaders.dataset, "indices", None) if complete else None
-            shards = self._existing()
-            count = merge_result_files([p for p in shards if p.is_file()], self.output, expected=expected)
-            for shard in shards[1:]:
+            indices = getattr(trainer.predict_dataloaders.dataset, "indices", None)
+            shards = [p for p in self._existing() if p.is_file()]
+            count = merge_result_files(
+                shards, self.output, expected=indices if complete else None, size=_dataset_size(trainer)
+            )
+            for shard in shards[1:]:  # the merge is written and verified: the shards can go
                 shard.unlink()
-            self.shard_dir.rmdir()
-            table = format_markdown([summarize(read_results(self.output), self.radii)])
+            shutil.rmtree(self.shard_dir, ignore_errors=True)  # fingerprint copy and lock files
+            results = read_results(self.output)
+            note = ""
+            if indices is not None:
+                current = results.subset(indices)
+                if len(current) < len(results):
+                    note = (f"\n({len(results) - len(current)} row(s) of {self.output} lie outside this run's "
+                            f"index set (other skip/max) and are not in this table)\n")  # fmt: skip
+                results = current
+            table = format_markdown([summarize(results, self.radii)]) + note
             self.output.with_suffix(".md").write_text(table)
             rank_zero_info(f"\n{count} images certified -> {self.output}\n\n{table}")
         trainer.strategy.barrier()
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self.close()  # Lightning's teardown then reinstates its saved handlers; `msds certify` closes again
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        if stage == "predict":
+            self.close()
+
+
+def _dataset_size(trainer) -> int | None:
+    """Size of the full predict split (idx must lie below it), when the data module says."""
+    data = getattr(trainer, "datamodule", None)
+    predict_dataset = getattr(data, "predict_dataset", None)
+    if predict_dataset is None:
+        return None
+    dataset = getattr(predict_dataset(), "dataset", None)
+    return len(dataset) if dataset is not None else None

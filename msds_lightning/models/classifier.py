@@ -71,6 +71,7 @@ class Classifier(nn.Module):
         model = _create_timm_model(
             model_name, num_classes, pretrained, checkpoint, checkpoint_num_classes, dict(model_kwargs or {})
         )
+        self.model_name = model_name  # for messages
         if mean is None or std is None:
             data_config = resolve_model_data_config(model)
             mean = data_config["mean"] if mean is None else mean
@@ -192,6 +193,10 @@ def _create_timm_model(
     path = Path(checkpoint).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"Classifier checkpoint not found: {path}")
+    from ..runs import checkpoint_format
+
+    if checkpoint_format(path) is None:
+        raise OSError(f"Classifier checkpoint {path} is neither a safetensors file nor a torch.save checkpoint")
     overlay = dict(model_kwargs.pop("pretrained_cfg_overlay", None) or {})
     # timm drops the checkpoint's head whenever num_classes differs from the pretrained config's, so tell it
     # how many classes the file's head has.

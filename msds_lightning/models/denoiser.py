@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DModel
 from torch import nn
 
+from ..runs import honour_umask
+
 DENOISER_CONFIG_NAME = "denoiser_config.json"
 UNET_CONFIG_NAME = "config.json"
 SCHEDULER_CONFIG_NAME = "scheduler_config.json"
@@ -408,6 +410,7 @@ class DiffusionDenoiser(nn.Module):
         self.scheduler.save_pretrained(root / "scheduler")
         options = {"rescale_timesteps": self.rescale_timesteps, "pad_to": self.pad_to}
         (root / DENOISER_CONFIG_NAME).write_text(json.dumps(options, indent=2) + "\n")
+        honour_umask(root)  # safetensors writes 0600
 
     def extra_repr(self) -> str:
         return (

@@ -28,6 +28,8 @@ from diffusers import UNet2DModel
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..runs import honour_umask
+
 IDC_CONFIG_NAME = "idc_config.json"
 LABEL_IMAGES_NAME = "label_images.safetensors"
 OUTPUTS = ("logits", "scores")
@@ -355,6 +357,7 @@ class IDCClassifier(nn.Module):
         )
         config = dict(self.bridge.config(), steps=self.steps, eta=self.eta, tau=self.tau, output=self.output)
         (root / IDC_CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        honour_umask(root)  # safetensors writes 0600
 
     @classmethod
     def from_pretrained(cls, path: str | Path, **overrides: Any) -> IDCClassifier:

@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 from torchmetrics.classification import MulticlassAccuracy
 
 from ..models import Classifier
+from ..runs import honour_umask
 from ..smoothing.checks import check_num_classes
 from .optim import build_optimizer
 
@@ -96,4 +97,5 @@ def export_classifier(classifier: torch.nn.Module, path: str) -> None:
     net = classifier.model if isinstance(classifier, Classifier) else classifier
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}, path)
+    honour_umask(path)  # safetensors writes 0600
     rank_zero_info(f"classifier weights exported to {path} (Classifier(..., checkpoint=...))")
