@@ -14,14 +14,14 @@ An image-to-image diffusion classifier (IDC; stochastic, so attack it with EOT-P
 Output: a tab-separated file with one row per image (see :func:`columns`), a markdown summary (``OUTPUT``
 with suffix ``.md``, also printed) and the measured cost (``OUTPUT`` with suffix ``.cost.json``: network
 evaluations per prediction, seconds per image of the clean prediction and of each attack). An existing output
-is resumed (finished indices skipped) when it was written with the same settings (``OUTPUT.args.json``);
+is resumed (finished indices skipped) when it was written with the same settings (the run fingerprint
+``OUTPUT`` with suffix ``.fingerprint.json``, checkpoints identified by content; the output is locked while a run writes it);
 ``--overwrite`` starts afresh. A stochastic model's resumed run draws other noise than an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import sys
@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from .devices import resolve_device
+from .results import _drop_partial_last_line
 
 ATTACKS = ("pgd", "eot-pgd", "autoattack")
 DEFAULT_ATTACKS = ("pgd", "autoattack")  # EOT-PGD equals PGD on deterministic models, at eot-samples times the cost
@@ -165,8 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def build_dataset(args: argparse.Namespace):
     """The evaluated images as an ``IndexedSubset`` yielding ``(image, label, index)``, and its class count."""
-    from .data import CIFAR10DataModule, DigitsDataModule
-    from .data.datasets import IndexedSubset, cohen_indices
+    from .data import CIFAR10DataModule, CIFAR100DataModule, DigitsDataModule
 
     common = dict(predict_split=args.split, skip=args.skip, max=args.max, batch_size=args.batch_size)
     if args.data == "digits":
@@ -175,25 +175,11 @@ def build_dataset(args: argparse.Namespace):
         module = DigitsDataModule(image_size=args.digits_size, channels=args.digits_channels, num_workers=0,
                                   augment=False, **common)  # fmt: skip
         return module.predict_dataset(), module.num_classes
-    if args.data == "cifar10":
-        module = CIFAR10DataModule(root=args.root or "data/cifar10", num_workers=args.num_workers, augment=False,
-                                   **common)  # fmt: skip
-        return module.predict_dataset(), module.num_classes
-    # CIFAR-100: no data module in the package; torchvision's dataset from a local folder, same conventions
-    from torchvision import transforms
-    from torchvision.datasets import CIFAR100
-
-    root = Path(args.root or "data/cifar100").expanduser()
-    try:
-        dataset = CIFAR100(root, train=args.split == "train", transform=transforms.ToTensor(), download=False)
-    except RuntimeError as err:  # torchvision: "Dataset not found or corrupted"
-        raise FileNotFoundError(
-            f"CIFAR-100 not found or corrupted in {root / CIFAR100.base_folder} ({err}); extract "
-            f"cifar-100-python.tar.gz from {CIFAR100.url} into {root}"
-        ) from err
-    if args.skip < 1:
-        raise ValueError(f"--skip must be >= 1, got {args.skip}")
-    return IndexedSubset(dataset, cohen_indices(len(dataset), args.skip, args.max)), 100
+    # CIFAR-10/100 from a local folder, read by the restricted unpickler (a data file cannot run code)
+    module_cls = CIFAR10DataModule if args.data == "cifar10" else CIFAR100DataModule
+    module = module_cls(root=args.root or f"data/{args.data}", num_workers=args.num_workers, augment=False,
+                        **common)  # fmt: skip
+    return module.predict_dataset(), module.num_classes
 
 
 def build_classifier(args: argparse.Namespace, num_classes: int) -> torch.nn.Module:
@@ -257,60 +243,114 @@ def describe(args: argparse.Namespace) -> dict[str, str]:
 
 
 SETTINGS = ("model_name", "num_classes", "checkpoint", "mean", "std", "input_size", "interpolation",
-            "model_kwargs", "idc", "idc_output", "idc_eta", "data", "root", "split", "digits_size", "digits_channels",
+            "model_kwargs", "idc", "idc_output", "idc_eta", "data", "split", "digits_size", "digits_channels",
             "norm", "eps", "attacks", "pgd_steps", "pgd_step_size", "pgd_loss", "pgd_restarts", "aa_version",
             "eot_steps", "eot_samples", "eot_step_size", "predict_samples", "seed")  # fmt: skip
 
 
-class TsvWriter:
-    """Appends rows to the result TSV, flushing (and fsyncing) each batch, like the certification writer."""
+def attack_fingerprint(args: argparse.Namespace) -> dict[str, object]:
+    """The run fingerprint of an attack run: every setting that changes a row (not ``--root``, batch size,
+    workers or device), with ``--checkpoint``/``--idc`` identified by the sha256 of their content."""
+    from .runs import fingerprint
 
-    def __init__(self, path: Path, header: Sequence[str], settings: dict, overwrite: bool) -> None:
-        self.path, self.header = path, tuple(header)
-        self.settings_path = path.with_name(path.name + ".args.json")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if overwrite or not path.exists() or path.stat().st_size == 0:
-            self.done: set[int] = set()
-            self.settings_path.write_text(json.dumps(settings, indent=1) + "\n")
-            self._file = path.open("w")
-            self._write(["\t".join(self.header)])
-            return
-        found = path.open().readline().rstrip("\n")
-        if found != "\t".join(self.header):
-            raise ValueError(f"{path} has header {found!r}, expected {chr(9).join(self.header)!r}; "
-                             f"use --overwrite or another --output")  # fmt: skip
-        previous = json.loads(self.settings_path.read_text()) if self.settings_path.is_file() else None
-        if previous != settings:
-            changed = sorted(k for k in settings if previous is None or previous.get(k) != settings[k])
-            raise ValueError(f"{path} was written with other settings ({', '.join(changed)} differ, see "
-                             f"{self.settings_path}); use --overwrite or another --output")  # fmt: skip
-        _drop_partial_last_line(path)
-        self.done = {int(r["idx"]) for r in read_rows(path)}
-        self._file = path.open("a")
+    settings = {k: getattr(args, k) for k in SETTINGS if k not in ("checkpoint", "idc")}
+    return fingerprint(settings, {"checkpoint": args.checkpoint, "idc": args.idc})
+
+
+def row_problem(cells: Sequence[str], head: Sequence[str], size: int | None = None) -> str | None:
+    """Why a line is not a valid attack row (see :func:`columns`): integer cells, idx in the data set,
+    0/1 ``*_correct`` columns."""
+    if len(cells) != len(head):
+        return f"{len(cells)} fields, the header has {len(head)}"
+    try:
+        row = {c: int(v) for c, v in zip(head, cells)}
+    except ValueError as err:
+        return f"unreadable value ({err})"
+    if row["idx"] < 0 or (size is not None and row["idx"] >= size):
+        return f"idx {row['idx']} outside the data set"
+    if any(row[c] not in (0, 1) for c in head if c.endswith("_correct")):
+        return "a *_correct value is not 0/1"
+    return None
+
+
+class TsvWriter:
+    """Appends rows to the result TSV, flushing (and fsyncing) each batch, like the certification writer.
+
+    The output is locked for the run (:class:`~msds_lightning.runs.OutputLock`), and resumed only when its
+    run fingerprint (``<output stem>.fingerprint.json``) matches; existing rows are validated (malformed
+    ones reported with file and line, and their images attacked again)."""
+
+    def __init__(self, path: Path, header: Sequence[str], fingerprint: dict, overwrite: bool,
+                 size: int | None = None) -> None:  # fmt: skip
+        from .runs import (
+            OutputLock,
+            check_fingerprint,
+            check_output_path,
+            fingerprint_path,
+            write_fingerprint,
+        )
+
+        self.path, self.header, self.size = path, tuple(header), size
+        check_output_path(path, "--output")
+        self.lock = OutputLock(path, hint="give another --output").acquire()
+        try:
+            if overwrite:
+                for old in (path, path.with_suffix(".md"), path.with_suffix(".cost.json"), fingerprint_path(path)):
+                    old.unlink(missing_ok=True)
+            has_rows = path.is_file() and path.stat().st_size > 0
+            if check_fingerprint(fingerprint_path(path), fingerprint, has_rows, str(path), "--overwrite"):
+                write_fingerprint(fingerprint_path(path), fingerprint)
+            if not has_rows:
+                self.done: set[int] = set()
+                self._file = path.open("a")
+                self._write(["\t".join(self.header)])
+                return
+            found = path.open().readline().rstrip("\n")
+            if found != "\t".join(self.header):
+                raise ValueError(f"{path} has header {found!r}, expected {chr(9).join(self.header)!r}; "
+                                 f"use --overwrite or another --output")  # fmt: skip
+            _drop_partial_last_line(path)
+            scan = self.scan()
+            if scan.problems:
+                print(f"[attack] {len(scan.problems)} malformed row(s) skipped; their images are attacked again:\n  "
+                      + "\n  ".join(scan.problems[:10]), file=sys.stderr)  # fmt: skip
+            self.done = set(scan.rows)
+            self._file = path.open("a")
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def scan(self):
+        from .results import scan_result_files
+
+        return scan_result_files([self.path], self.size, check=row_problem, volatile=())
 
     def _write(self, lines: Sequence[str]) -> None:
-        self._file.write("".join(line + "\n" for line in lines))
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        try:
+            self._file.write("".join(line + "\n" for line in lines))
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as err:
+            raise OSError(err.errno, f"cannot write to {self.path} ({err.strerror})") from None
 
     def write(self, rows: Sequence[dict]) -> None:
         self._write(["\t".join(str(row[c]) for c in self.header) for row in rows])
 
+    def rows(self) -> list[dict[str, int]]:
+        """The valid rows written so far, one per idx, as ``{column: int}``."""
+        head = self.header
+        return [dict(zip(head, map(int, line.split("\t")))) for line, _ in self.scan().rows.values()]
+
+    def compact(self) -> None:
+        """Rewrite the file with its valid rows only, sorted by idx (drops malformed and repeated rows)."""
+        from .results import merge_result_files
+
+        self._file.close()
+        merge_result_files([self.path], self.path, size=self.size, check=row_problem, volatile=())
+
     def close(self) -> None:
         self._file.close()
-
-
-def _drop_partial_last_line(path: Path) -> None:
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        with path.open("r+b") as f:
-            f.truncate(data.rfind(b"\n") + 1)
-
-
-def read_rows(path: str | os.PathLike) -> list[dict[str, int]]:
-    """Rows of a result TSV as ``{column: int}``."""
-    with open(path, newline="") as f:
-        return [{k: int(v) for k, v in row.items()} for row in csv.DictReader(f, delimiter="\t")]
+        self.lock.release()
 
 
 def summary_table(rows: Sequence[dict], prefixes: Sequence[str], labels: dict[str, str]) -> str:
@@ -375,8 +415,8 @@ def run(args: argparse.Namespace) -> int:
     prefixes = list(attacks)
     header = columns([a for a in dict.fromkeys(args.attacks)])
     output = Path(args.output)
-    settings = json.loads(json.dumps({k: getattr(args, k) for k in SETTINGS}))  # as it reads back
-    writer = TsvWriter(output, header, settings, args.overwrite)
+    size = len(getattr(dataset, "dataset", dataset))  # the whole split: row indices must lie in it
+    writer = TsvWriter(output, header, attack_fingerprint(args), args.overwrite, size=size)
     todo = [i for i, index in enumerate(dataset.indices) if index not in writer.done]
     if len(todo) < len(dataset):
         print(f"[attack] resuming {output}: {len(dataset) - len(todo)} of {len(dataset)} images done",
@@ -397,10 +437,11 @@ def run(args: argparse.Namespace) -> int:
             writer.write(prediction_rows(idx.tolist(), y, predictions, prefixes))
             seen += len(x)
             print(f"[attack] {seen}/{len(todo)} images, {time.time() - started:.0f} s", file=sys.stderr)
+        writer.compact()
+        selected = set(dataset.indices)  # the file may hold other indices from runs with other --skip/--max
+        rows = [row for row in writer.rows() if row["idx"] in selected]
     finally:
         writer.close()
-    selected = set(dataset.indices)  # the file may hold other indices from runs with other --skip/--max
-    rows = [row for row in read_rows(output) if row["idx"] in selected]
     nfe = getattr(model, "nfe", 1) * args.predict_samples
     model_text = f"IDC {args.idc} ({model.nfe} U-Net evaluations per pass, eta {model.eta})" if args.idc else (
         f"{args.model_name} ({args.checkpoint})")  # fmt: skip
