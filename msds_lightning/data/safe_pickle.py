@@ -21,7 +21,6 @@ _FROMBUFFER = _ARRAY.__reduce_ex__(5)[0]  # numpy's _frombuffer (protocol 5, the
 _SCALAR = np.float64(0).__reduce__()[0]  # numpy's scalar(dtype, bytes)
 
 
-
 def _latin1_bytes(text: str, encoding: str = "latin1") -> bytes:
     """``_codecs.encode`` as Python 3 writes ``bytes`` in protocol 2 pickles; only the latin-1 codec."""
     if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
