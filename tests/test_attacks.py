@@ -363,7 +363,27 @@ def test_attack_cli_on_digits_end_to_end(digits_cnn, tmp_path, capsys):
     assert attack_cli.main(argv) == 0
     assert out.with_suffix(".md").read_text() == summary and len(out.read_text().splitlines()) == 17
     assert attack_cli.main([*argv, "--eps", "8/255"]) == 2
-    assert "eps" in capsys.readouterr().err
+    assert "eps: 0.3 -> 0.0313" in capsys.readouterr().err
+
+    # a damaged row is reported with its line, left out and redone; the rewritten file is clean
+    lines = out.read_text().splitlines()
+    out.write_text("\n".join([*lines[:5], lines[5][:3], *lines[6:]]) + "\n")
+    assert attack_cli.main(argv) == 0
+    assert f"{out}:6" in capsys.readouterr().err
+    redone = out.read_text().splitlines()
+    assert len(redone) == len(lines) and [r.split("\t")[:3] for r in redone] == [r.split("\t")[:3] for r in lines]
+    assert redone[:5] == lines[:5] and redone[6:] == lines[6:]  # PGD's random start may differ for the redone image
+    # other weights at the same checkpoint path: refused (checkpoints are identified by content)
+    original = digits_cnn.read_bytes()
+    try:
+        from safetensors.torch import load_file, save_file
+
+        weights = load_file(digits_cnn)
+        save_file({k: v + 1 for k, v in weights.items()}, digits_cnn)
+        assert attack_cli.main(argv) == 2
+        assert 'checkpoint: "sha256:' in capsys.readouterr().err
+    finally:
+        digits_cnn.write_bytes(original)
 
 
 def test_attack_cli_reports_a_missing_checkpoint(tmp_path, capsys):
