@@ -353,6 +353,22 @@ class TsvWriter:
         self.lock.release()
 
 
+def read_rows(path: str | os.PathLike) -> list[dict[str, int]]:
+    """The valid rows of a finished `msds attack` TSV as ``{column: int}``, one per idx, sorted by idx.
+
+    Raises ValueError naming the file and line of the first malformed row (a finished output has been
+    compacted, so any such row means the file was edited or damaged)."""
+    from .results import scan_result_files
+
+    path = Path(path)
+    with path.open() as f:
+        head = f.readline().rstrip("\n").split("\t")
+    scan = scan_result_files([path], None, check=row_problem, volatile=())
+    if scan.problems:
+        raise ValueError(f"{path} has malformed rows: " + "; ".join(scan.problems[:3]))
+    return [dict(zip(head, map(int, scan.rows[i][0].split("\t")))) for i in sorted(scan.rows)]
+
+
 def summary_table(rows: Sequence[dict], prefixes: Sequence[str], labels: dict[str, str]) -> str:
     """Markdown table: accuracy (%) and count per row kind (clean, each attack, worst case)."""
     n = len(rows)

@@ -366,10 +366,14 @@ def test_attack_cli_on_digits_end_to_end(digits_cnn, tmp_path, capsys):
     assert "eps: 0.3 -> 0.0313" in capsys.readouterr().err
 
     # a damaged row is reported with its line, left out and redone; the rewritten file is clean
+    assert attack_cli.read_rows(out) == rows  # what the demo's report reads
     lines = out.read_text().splitlines()
     out.write_text("\n".join([*lines[:5], lines[5][:3], *lines[6:]]) + "\n")
+    with pytest.raises(ValueError, match=f"{out}:6"):
+        attack_cli.read_rows(out)
     assert attack_cli.main(argv) == 0
     assert f"{out}:6" in capsys.readouterr().err
+    assert [r["idx"] for r in attack_cli.read_rows(out)] == list(range(16))
     redone = out.read_text().splitlines()
     assert len(redone) == len(lines) and [r.split("\t")[:3] for r in redone] == [r.split("\t")[:3] for r in lines]
     assert redone[:5] == lines[:5] and redone[6:] == lines[6:]  # PGD's random start may differ for the redone image
