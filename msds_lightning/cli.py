@@ -2,6 +2,9 @@
 
 ``msds analyze RESULTS... [--radii R...] [--format markdown|latex|csv] [--output FILE] [--plot PNG]``
     tabulate certified accuracy, ACR and abstention from result TSVs.
+``msds compare A.tsv B.tsv [--radii R...] [--resamples 10000] [--seed 0] [--format markdown|latex|csv]``
+    paired difference A - B over the same images: exact McNemar test and interval per radius, paired
+    bootstrap interval of the ACR.
 ``msds certify -c CONFIG.yaml [--section.key value ...] [--print_config]``
     certify a data set with a (denoised-)smoothed classifier (LightningCLI: ``trainer``, ``model``,
     ``data`` and ``results`` sections).
@@ -85,6 +88,36 @@ def _analyze(args: argparse.Namespace) -> int:
         Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
         plot_certified_accuracy(results, args.plot)
         print(f"plot written to {args.plot}", file=sys.stderr)
+    return 0
+
+
+def _compare_arguments(p: argparse.ArgumentParser) -> None:
+    from .analysis import CIFAR10_RADII
+    from .compare import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, FORMATTERS
+
+    p.add_argument("a", help="result TSV of method A")
+    p.add_argument("b", help="result TSV of method B (rows are paired with A's by idx)")
+    p.add_argument("--radii", nargs="+", type=float, default=list(CIFAR10_RADII),
+                   help="radii for certified accuracy, in [0,1] pixel units (default: %(default)s)")  # fmt: skip
+    p.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES, help="bootstrap resamples for the ACR")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling")
+    p.add_argument("--confidence", type=float, default=DEFAULT_CONFIDENCE, help="interval level")
+    p.add_argument("--names", nargs=2, metavar=("NAME_A", "NAME_B"), help="labels in the table (default: file names)")
+    p.add_argument("--format", choices=sorted(FORMATTERS), default="markdown", help="table format")
+    p.add_argument("--output", "-o", help="also write the table to this file")
+
+
+@command("compare", "paired comparison A - B over the same images: exact McNemar per radius, bootstrap ACR",
+         _compare_arguments)  # fmt: skip
+def _compare(args: argparse.Namespace) -> int:
+    from .compare import FORMATTERS, compare_files
+
+    comparison = compare_files(args.a, args.b, args.radii, args.resamples, args.seed, args.confidence, args.names)
+    table = FORMATTERS[args.format](comparison)
+    sys.stdout.write(table)
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(table)
     return 0
 
 
