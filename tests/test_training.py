@@ -221,3 +221,32 @@ def test_lora_trains_only_adapters_and_exports_merged(tmp_path):
 def test_finetune_rejects_bad_arguments(kwargs, word):
     with pytest.raises(ValueError, match=word):
         finetune_module(**kwargs)
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "imagenet", "digits"])
+def test_finetuning_and_certification_share_one_classifier(dataset, monkeypatch):
+    """The MSDS denoiser is calibrated against the classifier it is certified with: fine-tuning and
+    certification configs resolve to the same classifier (model, weights file, preprocessing), read from
+    the one shared `configs/<dataset>/classifier.yaml`."""
+    import yaml
+    from lightning.pytorch.cli import LightningCLI
+
+    from msds_lightning.cli import _certify_arguments, _lightning_cli
+    from msds_lightning.modules import CertifyModule, DenoiserFinetuneModule
+
+    monkeypatch.setattr(LightningCLI, "instantiate_classes", lambda self: None)  # parse only: no weights here
+    folder = REPO / "configs" / dataset
+
+    def classifier(module, config, **kwargs):
+        cli = _lightning_cli(module, ["-c", str(folder / config)], "msds", **kwargs)
+        return cli.config["model"]["classifier"].as_dict()
+
+    tuned = classifier(DenoiserFinetuneModule, "finetune_msds.yaml")
+    certified = classifier(CertifyModule, "certify_msds.yaml", add_arguments=_certify_arguments,
+                           save_config_callback=None)  # fmt: skip
+    assert tuned == certified
+    shared = yaml.safe_load((folder / "classifier.yaml").read_text())
+    assert tuned["class_path"] == shared["class_path"]
+    assert {k: tuned["init_args"][k] for k in shared["init_args"]} == shared["init_args"]
+    for config in ("finetune_msds.yaml", "certify_msds.yaml"):  # by reference, not by a copy that can drift
+        assert "classifier: classifier.yaml" in (folder / config).read_text()
