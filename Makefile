@@ -6,7 +6,7 @@ PYTHON := $(BIN)/python
 MSDS   := $(BIN)/msds
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-full lint format bench demo analyze certify finetune pretrain-denoiser train-classifier clean
+.PHONY: help install lock test test-full lint format bench demo analyze certify finetune pretrain-denoiser train-classifier clean
 
 help: ## show this help
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -14,18 +14,26 @@ help: ## show this help
 # AutoAttack for `msds attack`. --no-deps: every torchattacks release pins requests~=2.25.1 (it never
 # imports requests), which would downgrade requests/urllib3 under wandb and huggingface_hub.
 TORCHATTACKS := torchattacks==3.5.1
+# The versions CI tested (a lock): `make install` installs exactly these; `make install LOCK=` resolves the
+# newest versions pyproject.toml allows instead; `make lock` rewrites it from .venv.
+LOCK ?= constraints.txt
+LOCK_ARG := $(if $(LOCK),-c $(LOCK),)
 
-install: ## create .venv and install the package with its dev extras (uv if available, else pip)
+install: ## create .venv and install the package with its dev extras at the locked versions (constraints.txt)
 	@if $(PY) -m uv --version >/dev/null 2>&1 || $(PY) -m pip install -q uv; then \
 		[ -x $(PYTHON) ] || $(PY) -m uv venv -q -p $(PY) $(VENV); \
-		$(PY) -m uv pip install -q --python $(PYTHON) -e ".[dev]"; \
-		$(PY) -m uv pip install -q --python $(PYTHON) --no-deps "$(TORCHATTACKS)"; \
+		$(PY) -m uv pip install -q --python $(PYTHON) $(LOCK_ARG) -e ".[dev]"; \
+		$(PY) -m uv pip install -q --python $(PYTHON) $(LOCK_ARG) --no-deps "$(TORCHATTACKS)"; \
 	else \
 		[ -x $(PYTHON) ] || $(PY) -m venv $(VENV); \
-		$(PYTHON) -m pip install -q -e ".[dev]"; \
-		$(PYTHON) -m pip install -q --no-deps "$(TORCHATTACKS)"; \
+		$(PYTHON) -m pip install -q $(LOCK_ARG) -e ".[dev]"; \
+		$(PYTHON) -m pip install -q $(LOCK_ARG) --no-deps "$(TORCHATTACKS)"; \
 	fi
 	@$(PYTHON) -c "import torch, torchvision, lightning, diffusers, timm; print('installed: torch', torch.__version__, '| torchvision', torchvision.__version__, '| lightning', lightning.__version__)"
+
+lock: ## rewrite constraints.txt from the versions installed in .venv (after a dependency change; then make test)
+	@{ sed -n '1,3p' constraints.txt; $(PY) -m uv pip freeze --python $(PYTHON) | grep -v '^-e '; } > constraints.txt.new
+	@mv constraints.txt.new constraints.txt && echo "constraints.txt: $$(grep -vc '^#' constraints.txt) pinned packages"
 
 test: ## run the test suite (CPU, a few minutes; heavy checks are marked slow)
 	$(PYTHON) -m pytest -m "not slow" -q
