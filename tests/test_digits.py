@@ -162,3 +162,26 @@ def test_bad_arguments_raise(kwargs, name):
 def test_unknown_split_raises():
     with pytest.raises(ValueError, match="split"):
         DigitsDataModule().split_indices("val")
+
+
+def test_validation_split_is_held_out_of_train(sk_digits):
+    """val_fraction > 0: a stratified, fixed part of the train split that training never sees; the
+    validation loader and ``predict_split: val`` use it, and the test split is unchanged."""
+    _, labels = sk_digits
+    plain, data = DigitsDataModule(), DigitsDataModule(val_fraction=0.2, predict_split="val", channels=1,
+                                                       batch_size=1000, augment=False)  # fmt: skip
+    train, val, test = (data.split_indices(s) for s in ("train", "val", "test"))
+    assert np.array_equal(test, plain.split_indices("test"))
+    assert np.array_equal(np.sort(np.concatenate([train, val])), plain.split_indices("train"))
+    assert (len(train), len(val)) == (1348 - 270, 270) and np.intersect1d(train, val).size == 0
+    val_counts = np.bincount(labels.numpy()[val], minlength=10)
+    train_counts = np.bincount(labels.numpy()[plain.split_indices("train")], minlength=10)
+    assert np.all(np.abs(val_counts - train_counts * 270 / 1348) < 1)
+    data.setup()
+    assert torch.equal(next(iter(data.val_dataloader()))[1], torch.from_numpy(labels.numpy()[val]))
+    assert len(data.predict_dataset()) == 270 and data.val_split == "val"
+    seen = torch.cat([batch[1] for batch in data.train_dataloader()])
+    assert torch.equal(torch.sort(seen).values, torch.sort(torch.from_numpy(labels.numpy()[train])).values)
+    assert np.array_equal(DigitsDataModule(val_fraction=0.2).split_indices("val"), val)  # fixed
+    with pytest.raises(ValueError, match="val_fraction"):
+        DigitsDataModule(val_fraction=1.0)

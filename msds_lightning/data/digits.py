@@ -117,7 +117,12 @@ class DigitsDataModule(ImageDataModule):
         test_fraction: share of the images in the test split (default 0.25); the test split has
             ``round(1797 * test_fraction)`` images, which must leave both splits non-empty.
         split_seed: seed of the split, an integer in [0, 2**32) (default 0).
-        predict_split: ``"test"`` (default) or ``"train"``.
+        val_fraction: share of the *train* split held out as a validation split ``"val"`` (stratified and
+            seeded the same way, default 0: no validation split, validation runs on the test split as for
+            CIFAR-10). With ``val_fraction > 0`` the models never see the validation digits, validation
+            runs on them, and settings can be chosen by certifying ``predict_split: val`` while the test
+            split stays untouched.
+        predict_split: ``"test"`` (default), ``"train"`` or (with ``val_fraction > 0``) ``"val"``.
         skip: certify every ``skip``-th image of the predict split (locuslab/smoothing's ``--skip``).
         max: certify only indices below ``max`` (``--max``; negative: no bound). See :func:`cohen_indices`.
         batch_size: images per batch (for certification: images handed to the certifier per step).
@@ -126,11 +131,10 @@ class DigitsDataModule(ImageDataModule):
         augment: training images are translated by a random −1..1 pixels (of the output size) per axis,
             zero-padded; no flips (digits are not mirror-symmetric). Off: training images as evaluated.
 
-    The validation loader uses the test split, as for CIFAR-10.
+    The validation loader uses the ``"val"`` split when there is one, else the test split (as for CIFAR-10).
     """
 
-    splits = ("train", "test")
-    val_split = "test"
+    splits = ("train", "val", "test")
     num_classes = 10
 
     def __init__(
@@ -140,6 +144,7 @@ class DigitsDataModule(ImageDataModule):
         interpolation: str = "bilinear",
         test_fraction: float = 0.25,
         split_seed: int = 0,
+        val_fraction: float = 0.0,
         predict_split: str = "test",
         skip: int = 1,
         max: int = -1,
@@ -171,7 +176,13 @@ class DigitsDataModule(ImageDataModule):
             or not 0 <= split_seed < 2**32
         ):
             raise ValueError(f"split_seed must be an integer in [0, 2**32), got {split_seed!r}")
+        if isinstance(val_fraction, bool) or not isinstance(val_fraction, Real) or not 0 <= val_fraction < 1:
+            raise ValueError(f"val_fraction must be in [0, 1) (share of the train split), got {val_fraction!r}")
+        if predict_split == "val" and val_fraction == 0:
+            raise ValueError("predict_split 'val' needs a validation split: set val_fraction > 0 (e.g. 0.2)")
         self.save_hyperparameters()
+        self.val_fraction = float(val_fraction)
+        self.val_split = "val" if self.val_fraction > 0 else "test"
         self.image_size = int(image_size)
         self.channels = int(channels)
         self.interpolation = interpolation
@@ -197,7 +208,15 @@ class DigitsDataModule(ImageDataModule):
                     f"test_fraction {self.test_fraction} leaves the {'train' if len(train) == 0 else 'test'} "
                     f"split of the {len(labels)} digits empty"
                 )
-            self._split_indices = {"train": train, "test": test}
+            val = train[:0]
+            if self.val_fraction > 0:  # a stratified part of train, by the same rule, on train's labels
+                fit, held_out = stratified_split(labels[train], self.val_fraction, self.split_seed)
+                if len(fit) == 0 or len(held_out) == 0:
+                    raise ValueError(f"val_fraction {self.val_fraction} leaves the train or val split empty")
+                train, val = train[fit], train[held_out]
+            self._split_indices = {"train": train, "val": val, "test": test}
+        if split == "val" and self.val_fraction == 0:
+            raise ValueError("there is no 'val' split: set val_fraction > 0")
         return self._split_indices[split].copy()
 
     def all_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
