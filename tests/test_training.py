@@ -185,13 +185,37 @@ def test_gradients_reach_the_unet_through_the_denoise_step():
     assert not module.classifier.training  # stays in eval mode inside a training module
 
 
-def test_cascade_recoverability_option_runs():
-    module = finetune_module(recoverable="cascade", anti_consistency="full")
-    x, y, _ = next(iter(loader()))
-    parts = module.objective(x, y, torch.Generator().manual_seed(0))
+class _ScriptedClassifier(torch.nn.Module):
+    """Returns, at its k-th call, one-hot logits of ``votes[k]`` (a [B, M] table of classes per copy)."""
+
+    def __init__(self, votes):
+        super().__init__()
+        self.votes, self.calls = votes, 0
+
+    def forward(self, x):
+        classes = torch.tensor(self.votes[self.calls]).flatten()
+        self.calls += 1
+        return torch.nn.functional.one_hot(classes, 10).float()
+
+
+def test_cascade_recoverability_is_the_default_and_answers_strictly_above_p0():
+    module = finetune_module(num_noise_samples=4)
+    assert module.recoverable == "cascade" and module.sigmas == [1.0, 0.5, 0.25]
+    x = torch.rand(3, 3, 32, 32)
+    # levels visited highest σ first; image 0: a 2-2 tie at σ 1 (no answer: not > p0·M), then 3 of 4
+    # at σ 0.5 answer 7; image 1: 3 of 4 at σ 1 answer 1 there (later levels ignored); image 2: no
+    # level above half: -1
+    module.classifier = _ScriptedClassifier([
+        [[3, 3, 5, 5], [1, 1, 1, 0], [2, 3, 4, 5]],  # σ = 1.0
+        [[7, 7, 7, 2], [9, 9, 9, 9], [2, 2, 4, 5]],  # σ = 0.5
+        [[8, 8, 8, 8], [9, 9, 9, 9], [6, 6, 4, 4]],  # σ = 0.25
+    ])  # fmt: skip
+    assert module.cascade_prediction(x).tolist() == [7, 1, -1]
+    assert module.classifier.calls == 3
+    module = finetune_module(recoverable="majority", anti_consistency="full")
+    xb, yb, _ = next(iter(loader()))
+    parts = module.objective(xb, yb, torch.Generator().manual_seed(0))
     assert set(parts["recoverable"].tolist()) <= {0.0, 1.0}
-    answer = module.cascade_prediction(x, torch.Generator().manual_seed(0))
-    assert ((answer >= -1) & (answer < 10)).all()
 
 
 def test_lora_trains_only_adapters_and_exports_merged(tmp_path):

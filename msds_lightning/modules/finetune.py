@@ -2,9 +2,12 @@
 
 Per batch (x, y), for each image: draw σ from the levels, draw M noisy copies x + δ_i, denoise each with
 one UNet call *with gradients*, classify with the frozen classifier → softmax p_1..p_M. The image is
-"recoverable" when the majority vote of the copies (no gradient) is y — or, with
-``recoverable="cascade"``, when the point-estimate cascade over all levels (highest σ first, first level
-whose top-class frequency exceeds p0) predicts y. Loss per image (see :mod:`msds_lightning.losses`):
+"recoverable" when the cascaded smoothed classifier gets it right (default ``recoverable="cascade"``, as
+the paper's reviewers summarise it and the authors did not dispute: the training image goes through the
+cascade, whose label decides): a point-estimate cascade over all levels, highest σ first, M fresh copies
+per level, no gradient, answering at the first level whose top class holds *more than* p0 of the copies.
+``recoverable="majority"`` is the cheaper alternative: the majority vote of the M copies at the drawn σ.
+Loss per image (see :mod:`msds_lightning.losses`):
 
     r · Brier + λ_ac · (1 − r) · AntiConsistency + λ_dm · ε-MSE
 
@@ -39,10 +42,11 @@ class DenoiserFinetuneModule(LightningModule):
     :param num_noise_samples: M noisy copies per image
     :param lambda_ac: weight of the anti-consistency term on unrecoverable images
     :param lambda_dm: weight of the diffusion ε-MSE term
-    :param recoverable: "majority" (vote of the M copies at the drawn σ) or "cascade" (point-estimate
-        cascade over all levels, M copies each, no gradient)
+    :param recoverable: "cascade" (default: point-estimate cascade over all levels, M copies each, no
+        gradient; its answer must be y) or "majority" (vote of the M copies at the drawn σ)
     :param anti_consistency: "off_class" (Σ_{c≠y} p̄_c²) or "full" (‖p̄‖²)
-    :param p0: cascade threshold for ``recoverable="cascade"``
+    :param p0: cascade threshold for ``recoverable="cascade"``: a level answers when its top class holds
+        strictly more than ``p0 · M`` copies (see :meth:`cascade_prediction` for why strictly)
     :param lora: LoRA adapters instead of full fine-tuning, e.g. ``{r: 8, alpha: 8}`` (peft; merged on export)
     :param gradient_checkpointing: trade compute for UNet activation memory
     :param export_dir: ``save_pretrained`` the fine-tuned denoiser here at the end (EMA weights with the
@@ -58,7 +62,7 @@ class DenoiserFinetuneModule(LightningModule):
         num_noise_samples: int = 4,
         lambda_ac: float = 1.0,
         lambda_dm: float = 1.0,
-        recoverable: str = "majority",
+        recoverable: str = "cascade",
         anti_consistency: str = "off_class",
         p0: float = 0.5,
         lr: float = 1e-5,
@@ -141,7 +145,11 @@ class DenoiserFinetuneModule(LightningModule):
     @torch.no_grad()
     def cascade_prediction(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Point-estimate cascade with M copies per level: the top class of the first level (highest σ
-        first) whose top-class frequency exceeds p0; -1 where no level does."""
+        first) whose top class holds strictly more than ``p0 · M`` copies; -1 where no level does.
+
+        Strictly more, not at least: the certifying cascade answers only when the *lower* confidence bound
+        of the top class reaches p0, which a frequency of exactly p0 never gives (its lower bound is below
+        p0); and at p0 = 1/2 "at least" would let two classes tie at M/2 and the level answer a coin flip."""
         b, m, k = x.shape[0], self.num_noise_samples, self.num_classes
         answer = torch.full((b,), -1, dtype=torch.long, device=x.device)
         x_rep = x.repeat_interleave(m, 0)
