@@ -10,8 +10,8 @@
     ``data`` and ``results`` sections).
 ``msds finetune | pretrain-denoiser | train-classifier -c CONFIG.yaml [--ckpt_path PATH|last]``
     train (LightningCLI ``fit``: ``trainer``, ``model``, ``data`` sections).
-``msds demo [--stages ...] [--quick]``
-    the embedded default on scikit-learn digits.
+``msds demo [--stages ...|--all] [--quick]``
+    the embedded default on scikit-learn digits (the MSDS story; --all: every stage).
 ``msds convert-openai SRC.pt DST_DIR --kind {improved-cifar10,guided-256}``
     OpenAI diffusion UNet checkpoint -> diffusers folder that ``DiffusionDenoiser.from_pretrained`` loads.
 ``msds generate --denoiser DIR --num-per-class N --num-classes K --output FILE.npz [--steps 20]

@@ -7,14 +7,14 @@ import json
 
 import pytest
 
-from msds_lightning.demo import CERTIFY_RUNS, OUT, run_demo
+from msds_lightning.demo import CERTIFY_RUNS, OUT, STAGES, STORY, level_breakdown, run_demo
 from msds_lightning.results import read_results
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("demo")
-    text = run_demo(workdir=workdir, quick=True)
+    text = run_demo(STAGES, workdir=workdir, quick=True)  # every stage (make demo-all), reduced
     return workdir, text
 
 
@@ -29,7 +29,10 @@ def test_every_report_artefact(demo):
     assert "| DiffSmooth, σ = 0.25 (local σ' = 0.125, m = 5) |" in report
     assert "## Empirical robustness" in report and "| TRADES, real + generated (1 : 1 per batch) |" in report
     assert (out / "generated_digits.npz").is_file() and len(list((out / "attack").glob("trades_*.tsv"))) == 2
-    assert "Base classifier, clean test accuracy" in report
+    assert "Base classifier, clean test accuracy" in report and "quick mode" in report
+    assert "## The claim, with paired 95% intervals" in report and "| ACR vs the pretrained cascade" in report
+    assert "## Where the cascades answer" in report and "## Settings, and where they come from" in report
+    assert "samples/image" in report
     # IDC: trained, attacked with PGD and EOT-PGD, its row carries its cost (4 U-Net evaluations)
     assert "| IDC: 4-step Brownian bridge to label images (stochastic sampler) |" in report
     idc_row = next(line for line in report.splitlines() if line.startswith("| IDC"))
@@ -86,3 +89,36 @@ def test_stages_reuse_existing_models(demo, capsys):
     run_demo(["report"], workdir=workdir, quick=True)
     out = capsys.readouterr().out
     assert "[demo] stage 1/1: report" in out and "[demo] pretrain done" not in out
+
+
+def test_the_story_is_the_default_and_needs_are_resolved(tmp_path):
+    from msds_lightning.demo import _with_needs, main
+
+    assert STORY == ("pretrain", "classifier", "finetune", "certify", "report")
+    assert _with_needs(["certify"], force=False) == ["pretrain", "classifier", "finetune", "certify"]
+    assert _with_needs(["diffsmooth"], force=False) == ["pretrain", "noisy_classifier", "diffsmooth"]
+    assert _with_needs(["adversarial"], force=False) == ["generator", "generate", "adversarial"]
+    with pytest.raises(SystemExit):
+        main(["--all", "--stages", "report"])
+
+
+def test_level_breakdown_counts_each_outcome():
+    import numpy as np
+
+    from msds_lightning.results import Results
+
+    # four images; levels σ 0.5 then 0.25 (highest first). 0: answered right at 0.5; 1: straddle at 0.5
+    # (stops); 2: falls through 0.5, answered wrongly at 0.25; 3: falls through both
+    columns = {
+        "N@0.5": ["1000"] * 4, "pL@0.5": ["0.8", "0.4", "0.1", "0.1"], "pU@0.5": ["0.9", "0.6", "0.3", "0.2"],
+        "c@0.5": ["1", "2", "3", "4"],
+        "N@0.25": ["", "", "1000", "1000"], "pL@0.25": ["", "", "0.7", "0.2"], "pU@0.25": ["", "", "0.8", "0.4"],
+        "c@0.25": ["", "", "5", "4"],
+    }  # fmt: skip
+    label = np.array([1, 2, 3, 4])
+    results = Results("r", np.arange(4), label, np.array([1, -1, 5, -1]), np.zeros(4), np.array([1, 0, 0, 0]),
+                      columns)  # fmt: skip
+    assert level_breakdown(results, sigmas=(0.25, 0.5)) == [
+        dict(sigma=0.5, reached=4, correct=1, wrong=0, straddle=1, fell_through=2),
+        dict(sigma=0.25, reached=2, correct=0, wrong=1, straddle=0, fell_through=1),
+    ]
