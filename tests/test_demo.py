@@ -122,3 +122,10 @@ def test_level_breakdown_counts_each_outcome():
         dict(sigma=0.5, reached=4, correct=1, wrong=0, straddle=1, fell_through=2),
         dict(sigma=0.25, reached=2, correct=0, wrong=1, straddle=0, fell_through=1),
     ]
+
+
+def test_demo_configs_share_the_base_classifier():
+    from msds_lightning.demo import CONFIGS
+
+    for config in ("finetune_msds.yaml", "certify_msds.yaml", "certify_dds.yaml"):
+        assert "  classifier: classifier.yaml" in (CONFIGS / config).read_text()
