@@ -19,6 +19,7 @@ from msds_lightning.results import COHEN_COLUMNS, format_radius, read_results
 from msds_lightning.smoothing import SmoothingEngine
 
 from .conftest import REPO
+from .lock_holder import held_by_another_process
 from .tiny_models import tiny_classifier, tiny_denoiser
 
 CONFIG = REPO / "configs" / "cifar10" / "certify_dds.yaml"
@@ -311,20 +312,11 @@ def test_second_writer_is_refused_while_the_first_holds_the_output(assets, tmp_p
     from msds_lightning.runs import OutputLock
 
     output = tmp_path / "shared.tsv"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from msds_lightning.runs import OutputLock; "
-         "OutputLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(600)", str(output)],
-        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
-    )  # fmt: skip
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with held_by_another_process(output) as holder:
         assert main(["certify", *overrides(assets, output)]) == 2
         err = capsys.readouterr().err
         assert f"pid {holder.pid}" in err and "being written by another run" in err
         assert not output.exists() and not output.with_suffix(".config.yaml").exists()
-    finally:
-        holder.kill()  # SIGKILL: no cleanup code runs in the holder
-        holder.wait()
     with OutputLock(output):  # the OS released it
         pass
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import os
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +15,7 @@ from msds_lightning.results import ResultWriter, merge_result_files, scan_result
 from msds_lightning.runs import OutputLock, check_fingerprint, content_digest, fingerprint, write_fingerprint
 
 from .conftest import REPO
+from .lock_holder import held_by_another_process
 
 HEAD = "idx\tlabel\tpredict\tradius\tcorrect\ttime\tsigma"
 
@@ -83,18 +82,9 @@ def test_write_errors_name_the_file():
 
 def test_output_lock_refuses_a_second_process_and_dies_with_its_holder(tmp_path):
     target = tmp_path / "out.tsv"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from msds_lightning.runs import OutputLock; "
-         "OutputLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(600)", str(target)],
-        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
-    )  # fmt: skip
-    try:
-        assert holder.stdout.readline().strip() == "locked"
+    with held_by_another_process(target) as holder:
         with pytest.raises(ValueError, match=rf"host \S+, pid {holder.pid}"):
             OutputLock(target).acquire()
-    finally:
-        holder.kill()
-        holder.wait()
     with OutputLock(target) as lock:  # kill -9 left no stale lock
         assert f"{os.getpid()}" in lock.path.read_text()
 
