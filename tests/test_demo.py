@@ -25,7 +25,7 @@ def test_every_report_artefact(demo):
         res = read_results(out / "certify" / f"{stem}.tsv")
         assert res.idx.tolist() == list(range(24))  # data.max = 24 in quick mode
     report = (out / "report" / "report.md").read_text()
-    assert report == text and "| cascade {0.125, 0.25, 0.5}, MSDS fine-tuned denoiser |" in report
+    assert report == text and "| cascade {0.125, 0.25}, MSDS fine-tuned denoiser |" in report
     assert "| DiffSmooth, σ = 0.25 (local σ' = 0.125, m = 5) |" in report
     assert "## Empirical robustness" in report and "| TRADES, real + generated (1 : 1 per batch) |" in report
     assert (out / "generated_digits.npz").is_file() and len(list((out / "attack").glob("trades_*.tsv"))) == 2
