@@ -14,7 +14,7 @@ Loss per image (see :mod:`msds_lightning.losses`):
 Brier makes recoverable images consistently correct; anti-consistency makes the copies of unrecoverable
 images disagree instead of agreeing on a wrong class (which would let the cascade answer wrongly at a high
 σ); ε-MSE, the ordinary diffusion loss at the same timesteps, keeps the denoiser a denoiser. The exact
-objective of the paper is not public: this is our specification (README, "MSDS fine-tuning").
+objective of the paper is not public: this is our specification (docs/training.md, "MSDS fine-tuning").
 """
 
 from __future__ import annotations
