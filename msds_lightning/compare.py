@@ -74,28 +74,15 @@ class Comparison:
     notes: tuple[str, ...] = ()
 
 
-def _data_settings(path: str | Path) -> dict | None:
-    """The data part (data set class and split) of a result file's run fingerprint, or None if it has none."""
-    from .runs import fingerprint_path
-
-    stored = fingerprint_path(path)
-    if not stored.is_file():
-        return None
-    try:
-        settings = json.loads(stored.read_text())
-    except (OSError, ValueError):
-        return None
-    return {k: v for k, v in settings.items() if k.startswith("data.")}
-
-
-def _settings(path: str | Path) -> dict:
+def _stored_fingerprint(path: str | Path) -> dict | None:
+    """The run fingerprint stored beside a result file (``<stem>.fingerprint.json``), or None."""
     from .runs import fingerprint_path
 
     stored = fingerprint_path(path)
     try:
-        return json.loads(stored.read_text()) if stored.is_file() else {}
+        return json.loads(stored.read_text()) if stored.is_file() else None
     except (OSError, ValueError):
-        return {}
+        return None
 
 
 def pair(a: Results, b: Results) -> tuple[Results, Results]:
@@ -231,13 +218,14 @@ def compare_files(
     """:func:`compare` of two result TSVs; refuses files whose run fingerprints name other data."""
     from .runs import differences
 
-    data_a, data_b = _data_settings(path_a), _data_settings(path_b)
+    stored_a, stored_b = _stored_fingerprint(path_a), _stored_fingerprint(path_b)
     notes = []
-    if data_a is not None and data_b is not None:
+    if stored_a is not None and stored_b is not None:
+        data_a, data_b = ({k: v for k, v in f.items() if k.startswith("data.")} for f in (stored_a, stored_b))
         changed = differences(data_a, data_b)
         if changed:
             raise ValueError(f"{path_a} and {path_b} were certified on different data: " + "; ".join(changed))
-        seeds = _settings(path_a).get("model.seed"), _settings(path_b).get("model.seed")
+        seeds = stored_a.get("model.seed"), stored_b.get("model.seed")
         if seeds[0] != seeds[1]:
             notes.append(f"the runs used different seeds ({seeds[0]} vs {seeds[1]}): the noise is not shared, "
                          "so the intervals are valid but wider than with one seed")  # fmt: skip

@@ -233,12 +233,15 @@ def _claims(paths: dict[str, Path], labels: dict[str, str]) -> str:
 
     if "msds_finetuned" not in paths:
         return ""
-    lines = []
-    for question, baseline, radii, metric, allowed in CLAIMS:
+    lines, comparisons = [], {}  # one paired comparison per baseline, over every radius the claims name
+    radii = sorted({r for _, _, claim_radii, _, _ in CLAIMS for r in claim_radii})
+    for question, baseline, _, metric, allowed in CLAIMS:
         if baseline not in paths:
             continue
-        comparison = compare_files(paths["msds_finetuned"], paths[baseline], radii, COMPARE_RESAMPLES, seed=0)
-        row = next(r for r in comparison.rows if r.metric == metric)
+        if baseline not in comparisons:
+            comparisons[baseline] = compare_files(paths["msds_finetuned"], paths[baseline], radii,
+                                                  COMPARE_RESAMPLES, seed=0)  # fmt: skip
+        row = next(r for r in comparisons[baseline].rows if r.metric == metric)
         digits = 4 if metric == "ACR" else 3
         if allowed is None:
             verdict = "holds" if row.low > 0 else ("missed (above, but the interval includes 0)" if row.difference > 0
