@@ -7,7 +7,7 @@ The story (``make demo`` = ``msds demo``), each stage one of the project's own c
 2. ``classifier`` — training of the base classifier (clean digits)  → outputs/demo/classifier.safetensors
 3. ``finetune``   — MSDS fine-tuning of the denoiser                → outputs/demo/denoiser_msds/
 4. ``certify``    — the paper's protocol for every row (N0 = 100, a budget of N = 10,000 with adaptive
-   sampling, α = 0.001, p0 = 0.5, seed 0) on every 8th test digit: denoised smoothing at σ = 0.125, 0.25,
+   sampling, α = 0.001, p0 = 0.5, seed 0) on every 10th test digit: denoised smoothing at σ = 0.125, 0.25,
    0.5; the cascade {0.25, 0.125} (levels chosen on the validation split) with the pretrained denoiser and
    with the fine-tuned one → outputs/demo/certify/
 5. ``report``     — tables, paired comparisons (``msds compare``), the cascade's per-level breakdown and
@@ -63,7 +63,7 @@ SIGMAS = (0.125, 0.25, 0.5)  # the single-σ rows
 # The cascade's levels, chosen on the validation split: {0.125, 0.25} had ACR 0.4953 there against 0.3127 for
 # {0.125, 0.25, 0.5} (68 validation digits, fine-tuned denoisers; README "demo").
 CASCADE = (0.125, 0.25)
-SKIP = 8  # every 8th test digit (the certify configs' data.skip): 57 of 449, for the time budget
+SKIP = 10  # every 10th test digit (the certify configs' data.skip): 45 of 449, for the time budget
 PROTOCOL = "N0 = 100, a budget of N = 10,000 (adaptive sampling), α = 0.001, p0 = 0.5, seed 0"
 
 # (file stem, label in the report, certify config, extra overrides, stage, models it certifies)
@@ -203,13 +203,18 @@ def report(quick: bool = False) -> str:
 CHOICES = (
     "## Settings, and where they come from\n\n"
     "Every model is trained on 1,078 train digits and validated on 270 other train digits "
-    "(`val_fraction: 0.2`); the test digits are only certified. The cascade's levels were chosen on the "
-    "validation split (every 4th validation digit, 68, this protocol): {0.125, 0.25} gave the fine-tuned "
-    "cascade ACR 0.4953 and r = 0 accuracy 0.971, against 0.3127 and 0.941 for {0.125, 0.25, 0.5}, where "
-    "the top level σ = 0.5 answered most digits with small radii. The other settings are the configs' "
-    "first values, not re-selected: MSDS fine-tuning with M = 4 noisy copies, λ_ac = λ_dm = 1, 300 steps, "
-    "learning rate 5e-4, recoverability = the point-estimate cascade (strictly more than p0 of the "
-    "copies). The single-σ rows include σ = 0.5 as a reference.\n"
+    "(`val_fraction: 0.2`); the test digits are only certified. Chosen on the validation split (every 4th "
+    "validation digit, 68, this protocol, ACR of the fine-tuned cascade):\n\n"
+    "* the cascade's levels: {0.125, 0.25} (ACR 0.4953, r = 0 accuracy 0.971) over {0.125, 0.25, 0.5} "
+    "(0.3127, 0.941), where the top level σ = 0.5 answered most digits with small radii;\n"
+    "* the fine-tuning settings, one changed at a time from M = 4 copies, λ_ac = λ_dm = 1, 300 steps, "
+    "learning rate 5e-4 and recoverability by the point-estimate cascade (ACR 0.4953): 600 steps 0.5049, "
+    "lr 1e-3 0.4948, lr 2.5e-4 0.4956, λ_ac = 2 0.4961, λ_ac = 0.5 0.4941, M = 2 0.4936, recoverability "
+    "by the majority vote at the drawn σ 0.4993. Rule: the best ACR among the settings that do not make "
+    "the demo longer; 600 steps (+60 s) would not fit the 10-minute budget. So: recoverability = "
+    "majority vote (strictly more than p0 of the copies), the rest unchanged. The differences (≤ 0.01 "
+    "ACR on 68 digits) are within noise.\n\n"
+    "The single-σ rows include σ = 0.5 as a reference.\n"
 )
 
 # (question, baseline stem, radii, metric row, points the target allows (None: must be above, interval > 0))
