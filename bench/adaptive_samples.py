@@ -28,6 +28,7 @@ from msds_lightning.analysis import CIFAR10_RADII, certified_accuracy
 from msds_lightning.results import read_results
 from msds_lightning.smoothing.adaptive import AdaptiveSampling, fixed_plan
 from msds_lightning.smoothing.multiscale import cascade_decision
+from msds_lightning.smoothing.outcome import Outcome
 
 ABSTAIN_P = 0.45
 
@@ -50,9 +51,9 @@ def single(level, sigma, n, alpha, settings, rng):
             n_a += rng.binomial(checkpoint - drawn, p)
             drawn = checkpoint
             outcome, p_lower = plan.step(k, n_a, sigma)
-            if outcome != "continue":
+            if outcome != Outcome.CONTINUE:
                 break
-        out.append((sigma * norm.ppf(p_lower) if outcome == "certify" else -1.0, correct, drawn))
+        out.append((sigma * norm.ppf(p_lower) if outcome == Outcome.CERTIFY else -1.0, correct, drawn))
     return out
 
 
@@ -78,13 +79,13 @@ def cascade(levels, sigmas, n0, n, alpha, settings, rng, p0=0.5):
                 outcome, cert, record = cascade_decision(
                     stage, sigma, selection, counts, alpha, p0, passed, plan=plan, checkpoint=k
                 )
-                if outcome != "continue":
+                if outcome != Outcome.CONTINUE:
                     break
             samples += n0 + drawn
-            if outcome == "lower":
+            if outcome == Outcome.LOWER:
                 passed.append(record)
                 continue
-            if outcome == "answer":
+            if outcome == Outcome.CERTIFY:
                 correct = bool(level["correct"][i]) and level["predict"][i] >= 0
                 result = (cert.radius, correct)
             break

@@ -24,7 +24,9 @@ IMAGENET_RADII = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0)
 
 
 def certified_accuracy(radius: np.ndarray, correct: np.ndarray, radii: Sequence[float]) -> np.ndarray:
-    """Fraction of rows correct and certified at each radius r (``radius >= r``)."""
+    """Fraction of rows correct and certified at each radius r (``radius >= r``, inclusive), over all rows
+    (abstentions: radius 0, incorrect); NaN for no rows. The project's one definition: the table, the
+    torchmetrics metric and the W&B curve all call it. Radii in [0, 1] pixel units."""
     radius, correct = np.asarray(radius, dtype=float), np.asarray(correct).astype(bool)
     if radius.size == 0:
         return np.full(len(radii), np.nan)
@@ -32,6 +34,7 @@ def certified_accuracy(radius: np.ndarray, correct: np.ndarray, radii: Sequence[
 
 
 def average_certified_radius(radius: np.ndarray, correct: np.ndarray) -> float:
+    """ACR: the mean of ``radius · correct`` over all rows (NaN for no rows)."""
     radius, correct = np.asarray(radius, dtype=float), np.asarray(correct, dtype=float)
     return float(np.mean(radius * correct)) if radius.size else float("nan")
 

@@ -22,6 +22,8 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
+from .analysis import average_certified_radius, certified_accuracy
+
 # dtype of each per-row state. float64 radii compare with the radius grid exactly as numpy does in
 # msds_lightning.analysis; integer "correct" avoids bool, which not every collective backend can gather.
 _STATE_DTYPES = {"index": torch.int64, "radius": torch.float64, "correct": torch.int64}
@@ -42,7 +44,7 @@ def _check_radii(radii: Sequence[float]) -> tuple[float, ...]:
 def certified_accuracy_at_radii(radius: Tensor, correct: Tensor, radii: Sequence[float] | Tensor) -> Tensor:
     """Certified accuracy at each of ``radii``: the fraction of rows with ``correct`` and ``radius >= r``.
 
-    The torch twin of :func:`msds_lightning.analysis.certified_accuracy` (and equal to it bit for bit):
+    :func:`msds_lightning.analysis.certified_accuracy` (the project's one definition) on tensors:
 
     Args:
         radius: float [N], certified l2 radius of each row in [0, 1] pixel units (0 for abstentions).
@@ -59,11 +61,9 @@ def certified_accuracy_at_radii(radius: Tensor, correct: Tensor, radii: Sequence
             f"radius and correct must be 1-D of the same length, got {tuple(radius.shape)} and "
             f"{tuple(correct.shape)}"
         )
-    grid = torch.as_tensor(radii, dtype=torch.float64, device=radius.device).reshape(-1)
-    if radius.numel() == 0:
-        return torch.full_like(grid, float("nan"))
-    hits = (correct[:, None] & (radius[:, None] >= grid[None, :])).sum(dim=0)
-    return hits.to(torch.float64) / radius.numel()
+    grid = torch.as_tensor(radii, dtype=torch.float64).reshape(-1).tolist()
+    accuracy = certified_accuracy(radius.cpu().numpy(), correct.cpu().numpy(), grid)  # the one definition
+    return torch.from_numpy(accuracy).to(device=radius.device, dtype=torch.float64)
 
 
 class CertifiedAccuracy(Metric):
@@ -164,10 +164,8 @@ class CertifiedAccuracy(Metric):
     def compute(self) -> dict[str, Tensor]:
         _, radius, correct = self.rows()  # inside compute the states are already gathered from all ranks
         count = torch.tensor(radius.numel(), dtype=torch.int64, device=radius.device)
-        if radius.numel():
-            acr = (radius * correct).mean()
-        else:
-            acr = torch.tensor(float("nan"), dtype=torch.float64, device=radius.device)
+        acr = average_certified_radius(radius.cpu().numpy(), correct.cpu().numpy())
+        acr = torch.tensor(acr, dtype=torch.float64, device=radius.device)
         return {
             "accuracy": certified_accuracy_at_radii(radius, correct, self._radii),
             "acr": acr,

@@ -9,6 +9,8 @@ from scipy.stats import norm
 
 from msds_lightning.smoothing import MultiScaleEngine, SmoothingEngine, sample_counts
 from msds_lightning.smoothing.adaptive import AdaptiveSampling, SequentialPlan
+from msds_lightning.smoothing.multiscale import cascade_decision
+from msds_lightning.smoothing.outcome import ABSTAIN, Outcome
 from tests.test_linear_soundness import make_case
 
 CIFAR_RADII = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)
@@ -22,6 +24,23 @@ def test_plan_checkpoints_and_levels():
     assert AdaptiveSampling(first=5000).plan(3000, 0.01).checkpoints == (3000,)  # budget <= first: fixed
     assert AdaptiveSampling(first=5000).plan(3000, 0.01).alphas == (0.01,)
     assert AdaptiveSampling(ratio=1.5, first=100).plan(500, 0.1).checkpoints == (100, 150, 225, 337, 500)
+
+
+def test_one_outcome_vocabulary_for_cohen_adaptive_and_cascade():
+    plan = AdaptiveSampling(radii=(0.0, 0.25)).plan(10_000, 0.001)  # 1000/1000 already certifies r > 0.25
+    assert plan.step(0, 1000, 0.25) == (Outcome.CERTIFY, pytest.approx(plan.interval(0, 1000)[0]))
+    assert plan.step(0, 0, 0.25)[0] is Outcome.ABSTAIN  # hopeless: abstain at the first checkpoint
+    assert plan.step(0, 530, 0.25)[0] is Outcome.CONTINUE  # straddles 1/2
+    assert plan.step(len(plan.checkpoints) - 1, 4000, 0.25)[0] is Outcome.ABSTAIN  # the budget decides
+    codes, _ = plan.steps(0, [1000, 0, 530], 0.25)
+    assert codes.tolist() == [Outcome.CERTIFY, Outcome.ABSTAIN, Outcome.CONTINUE]
+    # the cascade's four outcomes, from counts of 100 at p0 = 0.5 (fixed sampling)
+    top, low, mid = [100, 0], [0, 100], [50, 50]
+    assert cascade_decision(0, 0.5, top, top, 0.001, 0.5, [])[0] is Outcome.CERTIFY
+    assert cascade_decision(0, 0.5, top, low, 0.001, 0.5, [])[0] is Outcome.LOWER
+    outcome, cert, _ = cascade_decision(0, 0.5, top, mid, 0.001, 0.5, [])
+    assert outcome is Outcome.ABSTAIN and cert.prediction == ABSTAIN == -1  # the prediction keeps Cohen's -1
+    assert Outcome.ABSTAIN != ABSTAIN  # a decision code is never a prediction
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,8 @@
 * :class:`MultiScaleSmooth` / :class:`MultiScaleEngine` — cascaded smoothing over several σ (MSDS).
 * :class:`AdaptiveSampling` — adaptive (sequential) sampling for both engines: same (1 − α) guarantee,
   far fewer samples (union bound over fixed checkpoints).
-* Clopper–Pearson bounds and the Gaussian radius in :mod:`.bounds`.
+* Clopper–Pearson bounds and the Gaussian radius in :mod:`.bounds`; the decisions' vocabulary
+  (:class:`Outcome`, and ``ABSTAIN = -1`` for a prediction) in :mod:`.outcome`.
 
 Units: images are [C,H,W] (or [B,C,H,W]) tensors with pixels in [0,1]; σ and radii are l2 distances in
 those [0,1] pixel units.
@@ -19,7 +20,7 @@ from .bounds import (
     clopper_pearson_upper,
     gaussian_radius,
 )
-from .core import ABSTAIN, Certificate, Smooth, decide, predict_from_counts
+from .core import Certificate, Smooth, decide, predict_from_counts
 from .engine import (
     ESTIMATION,
     NOISE_BLOCK,
@@ -37,6 +38,7 @@ from .multiscale import (
     off_class_upper_bound,
     pooled_categories,
 )
+from .outcome import ABSTAIN, Outcome
 
 __all__ = [
     "ABSTAIN",
@@ -46,6 +48,7 @@ __all__ = [
     "Certificate",
     "ESTIMATION",
     "NOISE_BLOCK",
+    "Outcome",
     "PREDICTION",
     "SELECTION",
     "MultiScaleCertificate",

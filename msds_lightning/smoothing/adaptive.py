@@ -35,10 +35,9 @@ from scipy.stats import norm
 
 from .bounds import clopper_pearson_interval, clopper_pearson_lower
 from .checks import check_alpha, check_count
+from .outcome import Outcome
 
 SAMPLING_MODES = ("fixed", "adaptive")
-CONTINUE, CERTIFY, ABSTAIN = 0, 1, 2
-OUTCOMES = ("continue", "certify", "abstain")
 
 
 @dataclass(frozen=True)
@@ -126,8 +125,9 @@ class SequentialPlan:
         return done if done.ndim else bool(done)
 
     def steps(self, k: int, n_a, sigma: float, p_threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
-        """Decide at checkpoint k for an array of counts ``n_a`` of ĉ: (codes ``CONTINUE`` / ``CERTIFY`` /
-        ``ABSTAIN``, p_lower). A certified radius is σ(Φ⁻¹(p_lower) − Φ⁻¹(p_threshold))."""
+        """Decide at checkpoint k for an array of counts ``n_a`` of ĉ: (:class:`~.outcome.Outcome` codes
+        ``CONTINUE`` / ``CERTIFY`` / ``ABSTAIN`` as an int array, p_lower). A certified radius is
+        σ(Φ⁻¹(p_lower) − Φ⁻¹(p_threshold))."""
         n_a = np.asarray(n_a, dtype=np.int64)
         p_lower, p_upper = clopper_pearson_interval(
             n_a, np.full_like(n_a, self.checkpoints[k]), self.alphas[k]
@@ -135,18 +135,18 @@ class SequentialPlan:
         p_lower, p_upper = np.atleast_1d(p_lower), np.atleast_1d(p_upper)
         certified = p_lower >= p_threshold
         if k == len(self.checkpoints) - 1:
-            return np.where(certified, CERTIFY, ABSTAIN), p_lower
+            return np.where(certified, Outcome.CERTIFY, Outcome.ABSTAIN), p_lower
         best = np.atleast_1d(self.best_lower(p_upper))
         shift = norm.ppf(p_threshold)
         with np.errstate(divide="ignore", invalid="ignore"):
             settled = self.settled(sigma * (norm.ppf(p_lower) - shift), sigma * (norm.ppf(best) - shift))
-        codes = np.where(certified & settled, CERTIFY, CONTINUE)
-        return np.where(best < p_threshold, ABSTAIN, codes), p_lower
+        codes = np.where(certified & settled, Outcome.CERTIFY, Outcome.CONTINUE)
+        return np.where(best < p_threshold, Outcome.ABSTAIN, codes), p_lower
 
-    def step(self, k: int, n_a: int, sigma: float, p_threshold: float = 0.5) -> tuple[str, float]:
-        """:meth:`steps` for one count: ``("continue" | "certify" | "abstain", p_lower)``."""
+    def step(self, k: int, n_a: int, sigma: float, p_threshold: float = 0.5) -> tuple[Outcome, float]:
+        """:meth:`steps` for one count: ``(Outcome.CONTINUE | CERTIFY | ABSTAIN, p_lower)``."""
         codes, p_lower = self.steps(k, [n_a], sigma, p_threshold)
-        return OUTCOMES[int(codes[0])], float(p_lower[0])
+        return Outcome(int(codes[0])), float(p_lower[0])
 
 
 def check_sampling(sampling: str) -> str:

@@ -34,8 +34,7 @@ import torch
 
 from .bounds import binomial_test_pvalue, clopper_pearson_lower, gaussian_radius
 from .checks import check_alpha, check_certify_call, check_count, check_images, check_num_classes, check_sigma
-
-ABSTAIN = -1
+from .outcome import ABSTAIN
 
 
 @dataclass(frozen=True)

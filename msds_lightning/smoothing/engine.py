@@ -27,10 +27,11 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from .adaptive import CERTIFY, CONTINUE, AdaptiveSampling
+from .adaptive import AdaptiveSampling
 from .bounds import gaussian_radius
 from .checks import check_alpha, check_count, check_images, check_num_classes, check_sigma
 from .core import ABSTAIN, Certificate, decide, predict_from_counts, predicted_labels
+from .outcome import Outcome
 
 SELECTION, ESTIMATION, PREDICTION = 0, 1, 2
 NOISE_BLOCK = 256
@@ -207,11 +208,11 @@ class SmoothingEngine:
                 n_a[i] += hit
             codes, p_lowers = plan.steps(k, [n_a[i] for i in active], self.sigma)
             for i, code, p_lower in zip(active, codes.tolist(), p_lowers.tolist()):
-                if code == CONTINUE:
+                if code == Outcome.CONTINUE:
                     still.append(i)
                     continue
                 c = selected_list[i]
-                certified = code == CERTIFY
+                certified = code == Outcome.CERTIFY
                 radius = float(gaussian_radius(p_lower, self.sigma)) if certified else 0.0
                 results[i] = Certificate(c if certified else ABSTAIN, radius, c, n_a[i], checkpoint, p_lower)
             active = still

@@ -52,6 +52,7 @@ from .engine import (
     _eval,
     sample_counts,
 )
+from .outcome import Outcome
 
 MIN_CATEGORY = 5  # classes with fewer samples are pooled before the Goodman intervals (as the official code)
 
@@ -155,10 +156,10 @@ def cascade_decision(
     *,
     plan: SequentialPlan | None = None,
     checkpoint: int = -1,
-) -> tuple[str, MultiScaleCertificate | None, LevelRecord]:
-    """Decide one level from its counts: ``("answer", certificate)``, ``("abstain", certificate)``,
-    ``("lower", None)`` or, with adaptive sampling, ``("continue", None)``; ``passed`` are the records of
-    the higher levels already passed.
+) -> tuple[Outcome, MultiScaleCertificate | None, LevelRecord]:
+    """Decide one level from its counts: ``(Outcome.CERTIFY, certificate, record)``, ``(Outcome.ABSTAIN,
+    certificate, record)``, ``(Outcome.LOWER, None, record)`` or, with adaptive sampling,
+    ``(Outcome.CONTINUE, None, record)``; ``passed`` are the records of the higher levels already passed.
 
     ``plan`` (adaptive sampling) is this stage's schedule, whose levels add up to α_s = α/(s+1), and
     ``checkpoint`` the index of the checkpoint ``counts`` were taken at: every bound of the stage is then
@@ -183,17 +184,21 @@ def cascade_decision(
         )  # fmt: skip
         radius = min(sigma * (norm.ppf(p_lower) - norm.ppf(p0)), off_class)
         if radius < 0:  # a higher level may switch to another class: more samples here cannot help
-            return "abstain", MultiScaleCertificate(ABSTAIN, 0.0, -1, stage, sigma, history), record
+            return Outcome.ABSTAIN, MultiScaleCertificate(ABSTAIN, 0.0, -1, stage, sigma, history), record
         if not last:
             best = min(sigma * (norm.ppf(plan.best_lower(p_upper)) - norm.ppf(p0)), off_class)
             if not plan.settled(radius, best):
-                return "continue", None, record
-        return "answer", MultiScaleCertificate(selected, float(radius), stage, stage, sigma, history), record
+                return Outcome.CONTINUE, None, record
+        return (
+            Outcome.CERTIFY,
+            MultiScaleCertificate(selected, float(radius), stage, stage, sigma, history),
+            record,
+        )
     if p_upper >= p0:
         if last:
-            return "abstain", MultiScaleCertificate(ABSTAIN, 0.0, -1, stage, sigma, history), record
-        return "continue", None, record
-    return "lower", None, record  # this level cannot fire (proven below p0): go to the next lower σ
+            return Outcome.ABSTAIN, MultiScaleCertificate(ABSTAIN, 0.0, -1, stage, sigma, history), record
+        return Outcome.CONTINUE, None, record
+    return Outcome.LOWER, None, record  # this level cannot fire (proven below p0): go to the next lower σ
 
 
 class MultiScaleSmooth:
@@ -251,7 +256,7 @@ class MultiScaleSmooth:
         for stage, sigma in enumerate(self.sigmas):
             counts = self._sample_noise(x, sigma, n, batch_size)
             outcome, cert, _ = cascade_decision(stage, sigma, counts, counts, alpha, self.p0, [])
-            if outcome != "lower":
+            if outcome != Outcome.LOWER:
                 return cert.prediction
         return ABSTAIN
 
@@ -342,11 +347,11 @@ class MultiScaleEngine:
                         stage, sigma, counts_selection[r], counts[r], alpha, self.p0, passed[k],
                         plan=plan, checkpoint=checkpoint,
                     )  # fmt: skip
-                    if outcome == "continue":
+                    if outcome == Outcome.CONTINUE:
                         undecided.append(r)
                     elif cert is not None:
                         results[k] = cert
-                    else:  # "lower": proven below p0 here, try the next σ
+                    else:  # Outcome.LOWER: proven below p0 here, try the next σ
                         passed[k].append(record)
                         still.append(k)
                 pending = undecided
@@ -373,7 +378,7 @@ class MultiScaleEngine:
                 outcome, cert, _ = cascade_decision(
                     stage, sigma, counts[row], counts[row], alpha, self.p0, []
                 )
-                if outcome == "lower":
+                if outcome == Outcome.LOWER:
                     still.append(k)
                 else:
                     answers[k] = cert.prediction
