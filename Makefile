@@ -55,7 +55,7 @@ bench: ## throughput (reference loop vs engine vs bare forwards) + adaptive samp
 	else echo "adaptive replay skipped: no $(COHEN) (any result TSVs work: bench/adaptive_samples.py --help)"; fi
 	$(PYTHON) bench/finetune_throughput.py --unet tiny --steps 10
 
-demo: ## the MSDS experiment on scikit-learn digits at the paper's protocol (CPU, ~10 min): train, fine-tune, certify, compare, report
+demo: ## the MSDS experiment on scikit-learn digits at the paper's protocol (CPU, ~8.5 min): train, fine-tune, certify, compare, report
 	$(MSDS) demo
 
 demo-all: ## the demo plus DiffSmooth, adversarial training with generated digits and IDC (CPU, ~25 min)
