@@ -19,8 +19,14 @@ from lightning.pytorch import LightningModule
 from ..models import DenoiseAndClassify
 from ..smoothing import NOISE_BLOCK, MultiScaleEngine, SmoothingEngine
 from ..smoothing.adaptive import AdaptiveSampling, check_sampling
-from ..smoothing.checks import check_alpha, check_count, check_num_classes, check_sigma
-from ..smoothing.multiscale import _check_p0, _check_sigmas
+from ..smoothing.checks import (
+    check_alpha,
+    check_count,
+    check_num_classes,
+    check_p0,
+    check_sigma,
+    check_sigmas,
+)
 
 
 class CertifyModule(LightningModule):
@@ -81,8 +87,8 @@ class CertifyModule(LightningModule):
     ):
         super().__init__()
         self.multiscale = isinstance(sigma, list | tuple)
-        self.sigmas = _check_sigmas(sigma) if self.multiscale else (check_sigma(sigma),)
-        self.p0 = _check_p0(p0)
+        self.sigmas = check_sigmas(sigma) if self.multiscale else (check_sigma(sigma),)
+        self.p0 = check_p0(p0)
         self.n0, self.n = check_count(n0, "n0"), check_count(n, "n")
         self.alpha = check_alpha(alpha)
         self.num_classes = check_num_classes(num_classes)

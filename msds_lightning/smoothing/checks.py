@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Sequence
 
 import torch
 
@@ -72,3 +73,20 @@ def check_certify_call(
         check_alpha(alpha),
         check_count(batch_size, "batch_size"),
     )
+
+
+def check_sigmas(sigmas: Sequence[float]) -> tuple[float, ...]:
+    """Noise levels of a cascade ([0,1] pixel units, distinct, > 0), highest first (the visiting order)."""
+    if isinstance(sigmas, int | float):
+        sigmas = [sigmas]
+    sigmas = [check_sigma(s, "sigmas") for s in sigmas]
+    if not sigmas or len(set(sigmas)) != len(sigmas):
+        raise ValueError(f"sigmas must be a non-empty list of distinct noise levels, got {sigmas}")
+    return tuple(sorted(sigmas, reverse=True))  # the cascade visits the highest σ first
+
+
+def check_p0(p0: float) -> float:
+    """The cascade's threshold on the top-class probability, 0 < p0 < 1."""
+    if not 0 < p0 < 1:
+        raise ValueError(f"p0 must satisfy 0 < p0 < 1 (threshold on the top-class probability), got {p0!r}")
+    return float(p0)

@@ -40,7 +40,15 @@ from statsmodels.stats.proportion import multinomial_proportions_confint
 
 from .adaptive import AdaptiveSampling, SequentialPlan, fixed_plan
 from .bounds import clopper_pearson_interval, clopper_pearson_lower
-from .checks import check_alpha, check_certify_call, check_count, check_images, check_num_classes, check_sigma
+from .checks import (
+    check_alpha,
+    check_certify_call,
+    check_count,
+    check_images,
+    check_num_classes,
+    check_p0,
+    check_sigmas,
+)
 from .core import ABSTAIN, reference_counts
 from .engine import (
     ESTIMATION,
@@ -130,21 +138,6 @@ class MultiScaleCertificate:
         return sum(n0 + record.n for record in self.levels)
 
 
-def _check_sigmas(sigmas: Sequence[float]) -> tuple[float, ...]:
-    if isinstance(sigmas, int | float):
-        sigmas = [sigmas]
-    sigmas = [check_sigma(s, "sigmas") for s in sigmas]
-    if not sigmas or len(set(sigmas)) != len(sigmas):
-        raise ValueError(f"sigmas must be a non-empty list of distinct noise levels, got {sigmas}")
-    return tuple(sorted(sigmas, reverse=True))  # the cascade visits the highest σ first
-
-
-def _check_p0(p0: float) -> float:
-    if not 0 < p0 < 1:
-        raise ValueError(f"p0 must satisfy 0 < p0 < 1 (threshold on the top-class probability), got {p0!r}")
-    return float(p0)
-
-
 def cascade_decision(
     stage: int,
     sigma: float,
@@ -219,8 +212,8 @@ class MultiScaleSmooth:
     def __init__(self, base_classifier: Callable, num_classes: int, sigmas: Sequence[float], p0: float = 0.5):
         self.base_classifier = base_classifier
         self.num_classes = check_num_classes(num_classes)
-        self.sigmas = _check_sigmas(sigmas)
-        self.p0 = _check_p0(p0)
+        self.sigmas = check_sigmas(sigmas)
+        self.p0 = check_p0(p0)
 
     def certify(
         self, x: torch.Tensor, n0: int, n: int, alpha: float, batch_size: int
@@ -300,8 +293,8 @@ class MultiScaleEngine:
         self.base_classifier = base_classifier
         self.sampling = sampling
         self.num_classes = check_num_classes(num_classes)
-        self.sigmas = _check_sigmas(sigmas)
-        self.p0 = _check_p0(p0)
+        self.sigmas = check_sigmas(sigmas)
+        self.p0 = check_p0(p0)
         self.seed = check_count(seed, "seed", minimum=0)
         self.batch_size = check_count(batch_size, "batch_size")
         self.noise_block = check_count(noise_block, "noise_block")
