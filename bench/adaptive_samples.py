@@ -24,8 +24,8 @@ import sys
 import numpy as np
 from scipy.stats import norm
 
-from msds_lightning.analysis import CIFAR10_RADII, certified_accuracy
 from msds_lightning.results import read_results
+from msds_lightning.results.analysis import CIFAR10_RADII, certified_accuracy
 from msds_lightning.smoothing.adaptive import AdaptiveSampling, fixed_plan
 from msds_lightning.smoothing.multiscale import cascade_decision
 from msds_lightning.smoothing.outcome import Outcome

@@ -27,6 +27,7 @@ Retraining a model deletes the certification results made with the old one. Path
 from __future__ import annotations
 
 import contextlib
+import importlib.resources
 import os
 import sys
 import time
@@ -54,7 +55,8 @@ NEEDS = {  # stage -> the stages whose outputs it reads
     "generate": ("generator",),
     "adversarial": ("generate",),
 }
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "digits"
+# The configs ship inside the package (package data), so an installed wheel finds them too.
+CONFIGS = Path(str(importlib.resources.files("msds_lightning") / "configs" / "digits"))
 OUT = Path("outputs/demo")
 RADII = (0.0, 0.125, 0.25, 0.375, 0.5, 0.75, 1.0)
 # Noise levels scaled to 8×8 digits: at σ = 1.0 they are pure noise (denoised smoothing certified 9% at
@@ -115,9 +117,9 @@ STAGE_OUTPUT = {
 
 
 def _run(command: str, config: str, extra: Sequence[str]) -> None:
-    from .cli import main
+    from .cli import run_command
 
-    code = main([command, "-c", str(CONFIGS / config), *extra])
+    code = run_command(command, ["-c", str(CONFIGS / config), *extra])
     _finish_wandb()
     if code:
         raise SystemExit(f"demo: `msds {command} -c configs/digits/{config}` failed (exit {code})")
@@ -125,9 +127,9 @@ def _run(command: str, config: str, extra: Sequence[str]) -> None:
 
 def _run_plain(command: str, argv: Sequence[str]) -> None:
     """An argparse ``msds`` command (generate, attack) in this process."""
-    from .cli import main
+    from .cli import run_command
 
-    code = main([command, *argv])
+    code = run_command(command, argv)
     if code:
         raise SystemExit(f"demo: `msds {command} {' '.join(argv)}` failed (exit {code})")
 
@@ -163,8 +165,8 @@ def _certify_paths() -> dict[str, Path]:
 
 def report(quick: bool = False) -> str:
     """Write report.md and certified_accuracy.png from the certification TSVs; return the markdown."""
-    from .analysis import format_markdown, plot_certified_accuracy, summarize
     from .results import read_results
+    from .results.analysis import format_markdown, plot_certified_accuracy, summarize
 
     labels = {stem: label for stem, label, *_ in CERTIFY_RUNS}
     paths = _certify_paths()
@@ -235,7 +237,7 @@ COMPARE_RESAMPLES = 10_000
 def _claims(paths: dict[str, Path], labels: dict[str, str]) -> str:
     """The paper's claim, answered: the fine-tuned cascade minus each baseline, paired over the same images
     (exact McNemar and Tango interval for certified accuracy, seeded BCa bootstrap for the ACR)."""
-    from .compare import compare_files
+    from .results.compare import compare_files
 
     if "msds_finetuned" not in paths:
         return ""
@@ -319,7 +321,7 @@ def _adversarial_table() -> str:
     """Empirical robustness and cost of the TRADES classifiers and of IDC (from the `msds attack` outputs)."""
     import json
 
-    from .attack_cli import read_rows
+    from .robustness.evaluation import read_rows
 
     columns = {"clean_correct": "clean", "pgd_correct": "PGD-20", "eot_correct": "EOT-PGD-20 ×4",
                "worst_correct": "worst case"}  # fmt: skip
@@ -458,25 +460,3 @@ def run_demo(
             flush=True,
         )
     return text
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    import argparse
-
-    p = argparse.ArgumentParser(prog="msds demo", description=__doc__.splitlines()[0])
-    p.add_argument("--stages", nargs="+", choices=STAGES,
-                   help=f"stages to run (default: the MSDS story, {' '.join(STORY)})")  # fmt: skip
-    p.add_argument("--all", action="store_true", help="every stage (make demo-all): adds DiffSmooth, "
-                   "adversarial training with generated data and IDC")  # fmt: skip
-    p.add_argument("--workdir", default=".", help="outputs go to WORKDIR/outputs/demo")
-    p.add_argument("--quick", action="store_true", help="reduced demo (few steps and images): a smoke test")
-    p.add_argument("--force", action="store_true", help="retrain models even when their outputs exist")
-    args = p.parse_args(argv)
-    if args.all and args.stages:
-        p.error("--all and --stages exclude each other")
-    run_demo(STAGES if args.all else (args.stages or STORY), args.workdir, args.quick, args.force)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

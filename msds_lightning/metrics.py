@@ -1,6 +1,6 @@
 """Certified accuracy as a torchmetrics ``Metric``, exact under DDP (also with a sampler's padded duplicates).
 
-Same definitions as :mod:`msds_lightning.analysis` (Cohen et al.'s ``analyze.py``): certified accuracy at r is
+Same definitions as :mod:`msds_lightning.results.analysis` (Cohen et al.'s ``analyze.py``): certified accuracy at r is
 the fraction of rows that are correct with ``radius >= r`` (inclusive), over **all** rows, abstentions (radius
 0, incorrect) included; ACR is the mean of ``radius * correct``. Radii are l2 distances in [0, 1] pixel units.
 
@@ -22,10 +22,10 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from .analysis import average_certified_radius, certified_accuracy
+from .results.analysis import average_certified_radius, certified_accuracy
 
 # dtype of each per-row state. float64 radii compare with the radius grid exactly as numpy does in
-# msds_lightning.analysis; integer "correct" avoids bool, which not every collective backend can gather.
+# msds_lightning.results.analysis; integer "correct" avoids bool, which not every collective backend can gather.
 _STATE_DTYPES = {"index": torch.int64, "radius": torch.float64, "correct": torch.int64}
 
 
@@ -44,7 +44,7 @@ def _check_radii(radii: Sequence[float]) -> tuple[float, ...]:
 def certified_accuracy_at_radii(radius: Tensor, correct: Tensor, radii: Sequence[float] | Tensor) -> Tensor:
     """Certified accuracy at each of ``radii``: the fraction of rows with ``correct`` and ``radius >= r``.
 
-    :func:`msds_lightning.analysis.certified_accuracy` (the project's one definition) on tensors:
+    :func:`msds_lightning.results.analysis.certified_accuracy` (the project's one definition) on tensors:
 
     Args:
         radius: float [N], certified l2 radius of each row in [0, 1] pixel units (0 for abstentions).
@@ -76,14 +76,14 @@ class CertifiedAccuracy(Metric):
     logged into one metric), and returns a dict:
 
     * ``accuracy``: float64 [len(radii)], fraction of rows with ``correct`` and ``radius >= r`` at each r,
-      over all rows, abstentions included (:func:`msds_lightning.analysis.certified_accuracy`, bit for bit);
+      over all rows, abstentions included (:func:`msds_lightning.results.analysis.certified_accuracy`, bit for bit);
     * ``acr``: float64 scalar, mean of ``radius * correct`` (average certified radius);
     * ``count``: int64 scalar, number of distinct rows.
 
     With no rows, ``accuracy`` and ``acr`` are NaN and ``count`` 0.
 
     Args:
-        radii: the radius grid r, finite and >= 0 (e.g. ``msds_lightning.analysis.CIFAR10_RADII``). Kept as
+        radii: the radius grid r, finite and >= 0 (e.g. ``msds_lightning.results.analysis.CIFAR10_RADII``). Kept as
             the float64 non-persistent buffer ``radii`` (moves with ``.to(device)``, not synced or saved);
             comparisons use the exact float64 values given here, whatever dtype casts the module undergoes.
         **kwargs: torchmetrics ``Metric`` options (``sync_on_compute``, ``process_group``, ``compute_on_cpu``, …).

@@ -3,9 +3,9 @@ import re
 
 import pytest
 
-from msds_lightning.analysis import certified_accuracy, summarize
 from msds_lightning.cli import main
 from msds_lightning.results import ResultWriter, format_radius, merge_result_files, read_results
+from msds_lightning.results.analysis import certified_accuracy, summarize
 
 
 def readme_tables(readme: str) -> list[list[str]]:

@@ -1,4 +1,4 @@
-"""PGD / AutoAttack / BatchNorm freezing (msds_lightning.attacks) and the ``msds attack`` command."""
+"""PGD / AutoAttack / BatchNorm freezing (msds_lightning.robustness) and the ``msds attack`` command."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from msds_lightning import attack_cli
-from msds_lightning.attacks import (
+from msds_lightning.cli import main as msds
+from msds_lightning.cli.attack import parse_eps
+from msds_lightning.robustness import (
     autoattack,
     cw_loss,
     frozen_batchnorm,
@@ -18,6 +19,7 @@ from msds_lightning.attacks import (
     pgd_with_restarts,
     robust_accuracy,
 )
+from msds_lightning.robustness.evaluation import COLUMNS, columns, read_rows
 
 SHAPE = (3, 8, 8)
 
@@ -291,10 +293,10 @@ def test_autoattack_argument_checks():
 
 
 def test_parse_eps():
-    assert attack_cli.parse_eps("8/255") == 8 / 255 and attack_cli.parse_eps("0.5") == 0.5
+    assert parse_eps("8/255") == 8 / 255 and parse_eps("0.5") == 0.5
     for bad in ("-1/255", "eight", "1/0"):
         with pytest.raises(Exception, match="eps|fraction"):
-            attack_cli.parse_eps(bad)
+            parse_eps(bad)
 
 
 @pytest.fixture(scope="module")
@@ -331,13 +333,13 @@ def test_attack_cli_on_digits_end_to_end(digits_cnn, tmp_path, capsys):
             '{"in_chans": 1, "width": 8}', "--mean", "0.5", "--std", "0.5", "--data", "digits", "--max", "16",
             "--norm", "linf", "--eps", "3/10", "--pgd-steps", "3", "--batch-size", "8", "--device", "cpu",
             "--output", str(out)]  # fmt: skip
-    assert attack_cli.main(argv) == 0
+    assert msds(["attack", *argv]) == 0
     printed = capsys.readouterr().out
 
     with out.open(newline="") as f:
         reader = csv.DictReader(f, delimiter="\t")
         rows = [{k: int(v) for k, v in r.items()} for r in reader]
-        assert tuple(reader.fieldnames) == attack_cli.COLUMNS
+        assert tuple(reader.fieldnames) == COLUMNS
     assert [r["idx"] for r in rows] == list(range(16))
     from msds_lightning.data import DigitsDataModule
 
@@ -360,20 +362,20 @@ def test_attack_cli_on_digits_end_to_end(digits_cnn, tmp_path, capsys):
     assert "PGD-3 (CE), ℓ∞ ε=3/10" in summary and "AutoAttack (standard)" in summary
 
     # a second run resumes (nothing left to do) and gives the same summary; other settings are refused
-    assert attack_cli.main(argv) == 0
+    assert msds(["attack", *argv]) == 0
     assert out.with_suffix(".md").read_text() == summary and len(out.read_text().splitlines()) == 17
-    assert attack_cli.main([*argv, "--eps", "8/255"]) == 2
+    assert msds(["attack", *argv, "--eps", "8/255"]) == 2
     assert "eps: 0.3 -> 0.0313" in capsys.readouterr().err
 
     # a damaged row is reported with its line, left out and redone; the rewritten file is clean
-    assert attack_cli.read_rows(out) == rows  # what the demo's report reads
+    assert read_rows(out) == rows  # what the demo's report reads
     lines = out.read_text().splitlines()
     out.write_text("\n".join([*lines[:5], lines[5][:3], *lines[6:]]) + "\n")
     with pytest.raises(ValueError, match=f"{out}:6"):
-        attack_cli.read_rows(out)
-    assert attack_cli.main(argv) == 0
+        read_rows(out)
+    assert msds(["attack", *argv]) == 0
     assert f"{out}:6" in capsys.readouterr().err
-    assert [r["idx"] for r in attack_cli.read_rows(out)] == list(range(16))
+    assert [r["idx"] for r in read_rows(out)] == list(range(16))
     redone = out.read_text().splitlines()
     assert len(redone) == len(lines) and [r.split("\t")[:3] for r in redone] == [r.split("\t")[:3] for r in lines]
     assert redone[:5] == lines[:5] and redone[6:] == lines[6:]  # PGD's random start may differ for the redone image
@@ -384,7 +386,7 @@ def test_attack_cli_on_digits_end_to_end(digits_cnn, tmp_path, capsys):
 
         weights = load_file(digits_cnn)
         save_file({k: v + 1 for k, v in weights.items()}, digits_cnn)
-        assert attack_cli.main(argv) == 2
+        assert msds(["attack", *argv]) == 2
         assert 'checkpoint: "sha256:' in capsys.readouterr().err
     finally:
         digits_cnn.write_bytes(original)
@@ -393,7 +395,7 @@ def test_attack_cli_on_digits_end_to_end(digits_cnn, tmp_path, capsys):
 def test_attack_cli_reports_a_missing_checkpoint(tmp_path, capsys):
     argv = ["--model-name", "msds_small_cnn", "--checkpoint", str(tmp_path / "nope.safetensors"), "--data",
             "digits", "--max", "2", "--output", str(tmp_path / "out.tsv")]  # fmt: skip
-    assert attack_cli.main(argv) == 2
+    assert msds(["attack", *argv]) == 2
     assert "nope.safetensors" in capsys.readouterr().err
 
 
@@ -417,15 +419,15 @@ def test_attack_cli_on_cifar_folders(tmp_path, capsys):
             "--root", str(tmp_path / "cifar10"), "--skip", "2", "--norm", "l2", "--eps", "128/255",
             "--attacks", "pgd", "--pgd-steps", "2", "--pgd-restarts", "2", "--num-workers", "0",
             "--output", str(out)]  # fmt: skip
-    assert attack_cli.main(argv) == 0
+    assert msds(["attack", *argv]) == 0
     lines = out.read_text().splitlines()
-    assert lines[0].split("\t") == list(attack_cli.columns(["pgd"])) and len(lines) == 4
+    assert lines[0].split("\t") == list(columns(["pgd"])) and len(lines) == 4
     assert [int(line.split("\t")[0]) for line in lines[1:]] == [0, 2, 4]
     assert "PGD-2 (CE, 2 restarts), ℓ2 ε=128/255" in capsys.readouterr().out
 
     argv = [*argv[: argv.index("--root")], "--data", "cifar100", "--root", str(tmp_path / "none"),
             "--output", str(tmp_path / "c100.tsv")]  # fmt: skip
-    assert attack_cli.main(argv) == 2
+    assert msds(["attack", *argv]) == 2
     assert "CIFAR-100 not found" in capsys.readouterr().err
 
 
@@ -435,7 +437,7 @@ def test_autoattack_uses_the_reference_settings(num_classes, targets):
     fra31/auto-attack (DM-Improves-AT's evaluation) runs 100 iterations on the top 9 other classes."""
     import torchattacks
 
-    from msds_lightning.attacks import _match_reference_autoattack
+    from msds_lightning.robustness.attacks import _match_reference_autoattack
 
     model = nn.Sequential(nn.Flatten(), nn.Linear(192, num_classes))
     attack = torchattacks.AutoAttack(model, norm="Linf", eps=0.1, n_classes=num_classes, seed=0)

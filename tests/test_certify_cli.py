@@ -193,7 +193,7 @@ def test_multiscale_cascade_from_cli_matches_engine(assets, tmp_path, capsys):
 def test_adaptive_sampling_from_cli_matches_engine_and_records_samples(assets, tmp_path, capsys):
     """``--model.sampling adaptive``: the grid comes from ``results.radii``; rows equal the engine's, and
     ``samples`` / ``N@σ`` record what each image actually used; ``msds analyze`` reports the mean."""
-    from msds_lightning.analysis import CIFAR10_RADII
+    from msds_lightning.results.analysis import CIFAR10_RADII
     from msds_lightning.smoothing import MultiScaleEngine
     from msds_lightning.smoothing.adaptive import AdaptiveSampling
 

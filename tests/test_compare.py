@@ -8,16 +8,16 @@ import json
 import numpy as np
 import pytest
 
-from msds_lightning.analysis import average_certified_radius, certified_accuracy
 from msds_lightning.cli import main
-from msds_lightning.compare import (
+from msds_lightning.results import Results, read_results
+from msds_lightning.results.analysis import average_certified_radius, certified_accuracy
+from msds_lightning.results.compare import (
     bootstrap_mean_difference,
     compare,
     compare_files,
     mcnemar_difference,
     paired_proportion_interval,
 )
-from msds_lightning.results import Results, read_results
 
 
 def results(name, idx, label, predict, radius) -> Results:

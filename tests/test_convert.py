@@ -14,6 +14,7 @@ import pytest
 import torch
 from diffusers import UNet2DModel
 
+from msds_lightning.cli import main as msds
 from msds_lightning.convert import (
     KINDS,
     CheckpointMismatchError,
@@ -21,7 +22,6 @@ from msds_lightning.convert import (
     convert_openai_state_dict,
     diffusers_config_from_openai,
     load_openai_state_dict,
-    main,
     openai_to_diffusers,
 )
 from msds_lightning.models import DiffusionDenoiser
@@ -152,7 +152,7 @@ def test_improved_cifar10_end_to_end_via_cli(shared_fixtures, tmp_path, capsys):
     state_dict = _save_constant_state_dict({k: tuple(v) for k, v in manifest["parameters"].items()}, src)
     dst = tmp_path / "improved_diffusion_uncond_50M"
 
-    assert main([str(src), str(dst), "--kind", "improved-cifar10"]) == 0
+    assert msds(["convert-openai", str(src), str(dst), "--kind", "improved-cifar10"]) == 0
     printed = capsys.readouterr().out
     assert str(dst) in printed and "from_pretrained" in printed
     assert (dst / "unet" / "diffusion_pytorch_model.safetensors").is_file()
@@ -254,13 +254,13 @@ def test_missing_damaged_and_empty_files(shared_fixtures, tmp_path):
 
 
 def test_cli_reports_errors_without_traceback(tmp_path, capsys):
-    assert main([str(tmp_path / "missing.pt"), str(tmp_path / "out"), "--kind", "guided-256"]) == 2
+    assert msds(["convert-openai", str(tmp_path / "missing.pt"), str(tmp_path / "out"), "--kind", "guided-256"]) == 2
     last_line = capsys.readouterr().err.strip().splitlines()[-1]
     assert last_line.startswith("msds convert-openai: error:") and "missing.pt" in last_line
     with pytest.raises(SystemExit):
-        main([str(tmp_path / "x.pt"), str(tmp_path / "out"), "--kind", "guided-256", "--pad-to", "-3"])
+        msds(["convert-openai", str(tmp_path / "x.pt"), str(tmp_path / "out"), "--kind", "guided-256", "--pad-to", "-3"])
     with pytest.raises(SystemExit):
-        main([str(tmp_path / "x.pt"), str(tmp_path / "out"), "--kind", "sd-1.5"])
+        msds(["convert-openai", str(tmp_path / "x.pt"), str(tmp_path / "out"), "--kind", "sd-1.5"])
 
 
 def test_tiny_checkpoint_under_a_real_kind(shared_fixtures, tmp_path):

@@ -70,7 +70,7 @@ def test_wandb_offline_runs_hold_the_curves_and_samples(demo):
 
 def test_csv_logs_hold_the_same_numbers_as_the_report(demo):
     workdir, _ = demo
-    from msds_lightning.analysis import summarize
+    from msds_lightning.results.analysis import summarize
 
     for stem in ("dds_sigma0.125", "msds_finetuned"):
         metrics = next((workdir / OUT / "logs").glob("certify_*/version_*/metrics.csv"), None)
@@ -92,7 +92,8 @@ def test_stages_reuse_existing_models(demo, capsys):
 
 
 def test_the_story_is_the_default_and_needs_are_resolved(tmp_path):
-    from msds_lightning.demo import _with_needs, main
+    from msds_lightning.cli.demo import main
+    from msds_lightning.demo import _with_needs
 
     assert STORY == ("pretrain", "classifier", "finetune", "certify", "report")
     assert _with_needs(["certify"], force=False) == ["pretrain", "classifier", "finetune", "certify"]

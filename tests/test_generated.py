@@ -13,21 +13,10 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from msds_lightning.data.generated import (
-    GeneratedImages,
-    MixedBatchSampler,
-    MixedDataModule,
-    npy_paths,
-)
-from msds_lightning.generate import (
-    edm_heun_scheduler,
-    edm_sample,
-    filter_top_k,
-    generate,
-    load_npz,
-    main,
-    save_npz,
-)
+from msds_lightning.cli import main as msds
+from msds_lightning.data.generated import GeneratedImages, MixedBatchSampler, MixedDataModule
+from msds_lightning.data.generated_files import load_npz, npy_paths, save_npz
+from msds_lightning.generation import edm_heun_scheduler, edm_sample, filter_top_k, generate
 from msds_lightning.models import Classifier, DiffusionDenoiser
 
 UNET = {
@@ -197,7 +186,7 @@ def test_npy_conversion_happens_once_and_the_data_are_memory_mapped(npz, monkeyp
     assert dataset.images.mode == "r"
     assert len(pickle.dumps(dataset)) < 2000  # workers re-map the files instead of copying the arrays
 
-    import msds_lightning.data.generated as module
+    import msds_lightning.data.generated_files as module
 
     def no_conversion(*args, **kwargs):
         raise AssertionError("converted again")
@@ -217,7 +206,7 @@ def test_npy_conversion_happens_once_and_the_data_are_memory_mapped(npz, monkeyp
 
 
 def test_cache_dir_chunked_conversion_and_pickled_dataset_reopen(tmp_path, npz, generated, monkeypatch):
-    import msds_lightning.data.generated as module
+    import msds_lightning.data.generated_files as module
 
     monkeypatch.setattr(module, "_COPY_CHUNK", 7)  # stream the archive member in many small pieces
     cache = tmp_path / "cache"
@@ -489,7 +478,7 @@ def test_msds_generate_end_to_end(tmp_path, capsys):
     _denoiser().save_pretrained(folder)
     output = tmp_path / "out" / "gen.npz"
     common = ["--denoiser", str(folder), "--num-classes", "3", "--steps", "2", "--device", "cpu"]
-    assert main([*common, "--num-per-class", "2", "--batch-size", "4", "--output", str(output)]) == 0
+    assert msds(["generate", *common, "--num-per-class", "2", "--batch-size", "4", "--output", str(output)]) == 0
     assert "wrote" in capsys.readouterr().out
     images, labels = load_npz(output)
     assert images.shape == (6, 8, 8, 1) and labels.tolist() == [0, 0, 1, 1, 2, 2]
@@ -502,7 +491,7 @@ def test_msds_generate_end_to_end(tmp_path, capsys):
     argv = [*common, "--num-per-class", "3", "--output", str(filtered), "--keep-per-class", "2",
             "--filter-classifier-name", "msds_small_cnn", "--filter-checkpoint", str(tmp_path / "filter.safetensors"),
             "--filter-mean", "0.5", "--filter-std", "0.5", "--filter-model-kwargs", '{"in_chans": 1, "width": 4}']  # fmt: skip
-    assert main(argv) == 0
+    assert msds(["generate", *argv]) == 0
     assert "top 2/class" in capsys.readouterr().out
     images, labels = load_npz(filtered)
     assert images.shape == (6, 8, 8, 1) and labels.tolist() == [0, 0, 1, 1, 2, 2]
@@ -519,11 +508,11 @@ def test_msds_generate_errors(tmp_path, capsys):
     folder = tmp_path / "unconditional"
     _denoiser(num_class_embeds=None).save_pretrained(folder)
     base = ["--num-per-class", "1", "--num-classes", "2", "--steps", "2", "--output", str(tmp_path / "x.npz")]
-    assert main(["--denoiser", str(folder), *base]) == 2
+    assert msds(["generate", "--denoiser", str(folder), *base]) == 2
     err = capsys.readouterr().err
     assert str(folder) in err and "num_class_embeds" in err
-    assert main(["--denoiser", str(tmp_path / "absent"), *base]) == 2
+    assert msds(["generate", "--denoiser", str(tmp_path / "absent"), *base]) == 2
     assert "not found" in capsys.readouterr().err
-    assert main(["--denoiser", str(folder), *base, "--keep-per-class", "1"]) == 2
+    assert msds(["generate", "--denoiser", str(folder), *base, "--keep-per-class", "1"]) == 2
     assert "together" in capsys.readouterr().err
     assert not (tmp_path / "x.npz").exists()

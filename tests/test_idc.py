@@ -8,7 +8,6 @@ import pytest
 import torch
 from diffusers import UNet2DModel
 
-from msds_lightning.attacks import pgd, predict_labels
 from msds_lightning.callbacks import CopyThenEMAWeightAveraging
 from msds_lightning.models.idc import (
     IDC_UNETS,
@@ -22,6 +21,7 @@ from msds_lightning.models.idc import (
     orthogonal_label_images,
 )
 from msds_lightning.modules import IDCModule
+from msds_lightning.robustness import pgd, predict_labels
 
 
 def centred_cosines(labels: torch.Tensor) -> torch.Tensor:
@@ -369,8 +369,8 @@ def test_train_idc_then_attack_it_from_the_cli(tmp_path, monkeypatch, capsys):
     import json
     from pathlib import Path
 
-    from msds_lightning import attack_cli
     from msds_lightning.cli import main
+    from msds_lightning.robustness.evaluation import columns
 
     monkeypatch.chdir(tmp_path)
     torch.set_num_threads(1)
@@ -386,12 +386,12 @@ def test_train_idc_then_attack_it_from_the_cli(tmp_path, monkeypatch, capsys):
     argv = ["--idc", str(exported), "--data", "digits", "--max", "6", "--eps", "0.1", "--attacks", "pgd", "eot-pgd",
             "--pgd-steps", "2", "--eot-steps", "2", "--eot-samples", "2", "--predict-samples", "3",
             "--batch-size", "6", "--device", "cpu", "--output", str(out)]  # fmt: skip
-    assert attack_cli.main(argv) == 0
+    assert main(["attack", *argv]) == 0
     printed = capsys.readouterr().out
     with out.open(newline="") as f:
         reader = csv.DictReader(f, delimiter="\t")
         rows = [{k: int(v) for k, v in r.items()} for r in reader]
-        assert tuple(reader.fieldnames) == attack_cli.columns(["pgd", "eot-pgd"])
+        assert tuple(reader.fieldnames) == columns(["pgd", "eot-pgd"])
     assert [r["idx"] for r in rows] == list(range(6))
     for r in rows:  # robust only if correct clean and after the attack
         assert r["eot_correct"] == int(r["clean_correct"] and r["eot_pred"] == r["label"])
@@ -405,7 +405,7 @@ def test_train_idc_then_attack_it_from_the_cli(tmp_path, monkeypatch, capsys):
         args = [a for a in argv if a not in ("--idc", str(exported))] + bad
         if bad:
             args = [*args, "--idc", str(exported)]
-        assert attack_cli.main([*args, "--overwrite"]) == 2
+        assert main(["attack", *args, "--overwrite"]) == 2
         assert "--idc" in capsys.readouterr().err
 
 
@@ -417,11 +417,11 @@ def test_cifar_configs_build_the_papers_setup(config, unet, classes, schedule, f
     """The CIFAR configs instantiate (no data needed until setup): U-Net, T = 4 schedule, recipe, EMA policy."""
     from pathlib import Path
 
-    from msds_lightning.cli import _lightning_cli
+    from msds_lightning.cli.lightning import lightning_cli
 
     monkeypatch.chdir(tmp_path)
     path = Path(__file__).resolve().parents[1] / "configs" / config / "train_idc.yaml"
-    cli = _lightning_cli(IDCModule, ["-c", str(path), "--trainer.accelerator=cpu", "--trainer.devices=1"],
+    cli = lightning_cli(IDCModule, ["-c", str(path), "--trainer.accelerator=cpu", "--trainer.devices=1"],
                          "msds train-idc")  # fmt: skip
     model = cli.model
     assert tuple(model.idc.unet.config.block_out_channels) == unet and model.idc.num_classes == classes

@@ -8,8 +8,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.utils.data import DistributedSampler
 
-from msds_lightning.analysis import average_certified_radius, certified_accuracy
 from msds_lightning.metrics import CertifiedAccuracy, certified_accuracy_at_radii
+from msds_lightning.results.analysis import average_certified_radius, certified_accuracy
 
 RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
 

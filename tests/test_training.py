@@ -255,18 +255,19 @@ def test_finetuning_and_certification_share_one_classifier(dataset, monkeypatch)
     import yaml
     from lightning.pytorch.cli import LightningCLI
 
-    from msds_lightning.cli import _certify_arguments, _lightning_cli
+    from msds_lightning.cli.certify import certify_arguments
+    from msds_lightning.cli.lightning import lightning_cli
     from msds_lightning.modules import CertifyModule, DenoiserFinetuneModule
 
     monkeypatch.setattr(LightningCLI, "instantiate_classes", lambda self: None)  # parse only: no weights here
     folder = REPO / "configs" / dataset
 
     def classifier(module, config, **kwargs):
-        cli = _lightning_cli(module, ["-c", str(folder / config)], "msds", **kwargs)
+        cli = lightning_cli(module, ["-c", str(folder / config)], "msds", **kwargs)
         return cli.config["model"]["classifier"].as_dict()
 
     tuned = classifier(DenoiserFinetuneModule, "finetune_msds.yaml")
-    certified = classifier(CertifyModule, "certify_msds.yaml", add_arguments=_certify_arguments,
+    certified = classifier(CertifyModule, "certify_msds.yaml", add_arguments=certify_arguments,
                            save_config_callback=None)  # fmt: skip
     assert tuned == certified
     shared = yaml.safe_load((folder / "classifier.yaml").read_text())

@@ -18,9 +18,9 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 
-from ..analysis import CIFAR10_RADII, certified_accuracy
 from ..metrics import CertifiedAccuracy
 from ..results import read_results
+from ..results.analysis import CIFAR10_RADII, certified_accuracy
 
 
 class CertifiedAccuracyLogger(Callback):

@@ -31,8 +31,8 @@ from pathlib import Path
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from ..analysis import CIFAR10_RADII, format_markdown, summarize
 from ..results import ResultWriter, merge_result_files, read_results, scan_result_files
+from ..results.analysis import CIFAR10_RADII, format_markdown, summarize
 from ..runs import OutputLock, check_fingerprint, check_output_path, fingerprint_path, write_fingerprint
 
 OVERWRITE_HINT = "--results.overwrite true"

@@ -1,13 +1,8 @@
 """Diffusion-generated training images mixed with real ones (Wang, Pang et al., ICML 2023).
 
-File format (the field's, as written by ``msds generate`` and shipped by the reference, e.g. the HF data set
-``P2333/DM-Improves-AT``): an ``np.savez`` archive (uncompressed zip) with ``image`` uint8 [N, H, W, C]
-and ``label`` int64 [N], grouped by class.
-
-A ``.npz`` member cannot be memory-mapped, and 1M CIFAR-size images are 3 GB (50M: 154 GB), so
-:class:`GeneratedImages` converts each archive once into two plain ``.npy`` files beside it
-(``<stem>.image.npy``, ``<stem>.label.npy``; streamed, never the whole array in RAM) and then opens those
-with ``np.load(mmap_mode="r")``: pages are read on demand and shared between DataLoader workers.
+The file format and its conversion to memory-mappable ``.npy`` files live in :mod:`.generated_files`;
+:class:`GeneratedImages` opens the converted pair with ``np.load(mmap_mode="r")``: pages are read on
+demand and shared between DataLoader workers.
 
 :class:`MixedBatchSampler` draws the reference's batches (a fixed share of generated images per batch), and
 :class:`MixedDataModule` puts a real data module and generated files together for training.
@@ -16,8 +11,6 @@ with ``np.load(mmap_mode="r")``: pages are read on demand and shared between Dat
 from __future__ import annotations
 
 import math
-import os
-import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,143 +22,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 from torchvision import transforms
 
 from msds_lightning.data.datasets import ImageDataModule, IndexedSubset
-
-IMAGE_KEY = "image"
-LABEL_KEY = "label"
-_COPY_CHUNK = 64 << 20  # bytes per read when converting .npz members to .npy
-
-
-def missing_file_error(path: Path) -> FileNotFoundError:
-    return FileNotFoundError(
-        f"Generated data not found: {path}. Make it with `msds generate --denoiser DIR --num-per-class N "
-        f"--num-classes K --output {path}` (a DiffusionDenoiser folder whose UNet has class embeddings), or "
-        f"download the reference's files (e.g. cifar10/1m.npz of the Hugging Face data set P2333/DM-Improves-AT)"
-    )
-
-
-def check_generated_arrays(images: Any, labels: Any, where: str) -> None:
-    """Raise ``ValueError`` naming the problem unless ``images`` is uint8 [N, H, W, C] (C = 1 or 3) and
-    ``labels`` int64 [N]."""
-    if images.dtype != np.uint8:
-        raise ValueError(f"{where}: '{IMAGE_KEY}' must be uint8 (pixels 0..255), got {images.dtype}")
-    if images.ndim != 4 or images.shape[-1] not in (1, 3):
-        hint = ""
-        if images.ndim == 4 and images.shape[1] in (1, 3):
-            hint = " (it looks channels-first: transpose to N, H, W, C)"
-        raise ValueError(
-            f"{where}: '{IMAGE_KEY}' must have shape (N, H, W, C) with C = 1 or 3, got {tuple(images.shape)}{hint}"
-        )
-    if labels.dtype != np.int64:
-        raise ValueError(f"{where}: '{LABEL_KEY}' must be int64, got {labels.dtype}")
-    if labels.ndim != 1 or len(labels) != len(images):
-        raise ValueError(
-            f"{where}: '{LABEL_KEY}' must have shape ({len(images)},) (one per image), got {tuple(labels.shape)}"
-        )
-
-
-def npy_paths(npz_path: str | Path, cache_dir: str | Path | None = None) -> tuple[Path, Path]:
-    """The ``.npy`` pair a ``.npz`` converts to: ``<stem>.image.npy``, ``<stem>.label.npy`` beside it or in
-    ``cache_dir``."""
-    npz_path = Path(npz_path).expanduser()
-    folder = npz_path.parent if cache_dir is None else Path(cache_dir).expanduser()
-    stem = npz_path.name[: -len(".npz")] if npz_path.name.endswith(".npz") else npz_path.name
-    return folder / f"{stem}.{IMAGE_KEY}.npy", folder / f"{stem}.{LABEL_KEY}.npy"
-
-
-def _read_npy_header(f) -> tuple[tuple[int, ...], bool, np.dtype]:
-    version = np.lib.format.read_magic(f)
-    if version == (1, 0):
-        return np.lib.format.read_array_header_1_0(f)
-    if version == (2, 0):
-        return np.lib.format.read_array_header_2_0(f)
-    return np.lib.format._read_array_header(f, version)  # (3, 0): utf-8 header, no public reader
-
-
-def prepare_generated(
-    npz_path: str | Path, cache_dir: str | Path | None = None, force: bool = False
-) -> tuple[Path, Path]:
-    """Convert ``npz_path`` to its memory-mappable ``.npy`` pair unless an up-to-date pair exists; return it.
-
-    The pair is up to date if both files exist and are not older than the ``.npz``; a missing ``.npz`` with
-    an existing pair uses the pair (the archive may be deleted after conversion to save disk). Members are
-    streamed in 64 MB pieces, so memory use does not grow with the data; each file is written under a
-    temporary name and renamed, so concurrent or interrupted conversions never leave a partial file.
-    """
-    npz_path = Path(npz_path).expanduser()
-    image_npy, label_npy = npy_paths(npz_path, cache_dir)
-    have_pair = image_npy.is_file() and label_npy.is_file()
-    if not npz_path.is_file():
-        if have_pair:
-            return image_npy, label_npy
-        raise missing_file_error(npz_path)
-    if have_pair and not force:
-        npz_time = npz_path.stat().st_mtime
-        if min(image_npy.stat().st_mtime, label_npy.stat().st_mtime) >= npz_time:
-            return image_npy, label_npy
-
-    image_npy.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        archive = zipfile.ZipFile(npz_path)
-    except zipfile.BadZipFile as err:
-        raise ValueError(
-            f"{npz_path} is not an .npz archive ({err}); expected np.savez(..., image=uint8 [N, H, W, C], "
-            f"label=int64 [N])"
-        ) from err
-    with archive:
-        members = {name[: -len(".npy")] for name in archive.namelist() if name.endswith(".npy")}
-        missing = [key for key in (IMAGE_KEY, LABEL_KEY) if key not in members]
-        if missing:
-            raise ValueError(
-                f"{npz_path}: no {' or '.join(repr(k) for k in missing)} array (it has {sorted(members)}); "
-                f"expected np.savez(..., image=uint8 [N, H, W, C], label=int64 [N])"
-            )
-        with archive.open(f"{LABEL_KEY}.npy") as f:
-            labels = np.lib.format.read_array(f, allow_pickle=False)
-        if labels.ndim == 1 and np.issubdtype(labels.dtype, np.integer) and labels.dtype != np.int64:
-            labels = labels.astype(np.int64)  # lenient: int32 labels are common and small
-        with archive.open(f"{IMAGE_KEY}.npy") as f:
-            shape, fortran_order, dtype = _read_npy_header(f)
-            check_generated_arrays(_Header(shape, dtype), labels, str(npz_path))
-            _stream_to_npy(f, image_npy, shape, dtype, fortran_order)
-    _write_atomic(label_npy, lambda tmp: np.save(tmp, labels))
-    return image_npy, label_npy
-
-
-class _Header:
-    """Stands in for an array in :func:`check_generated_arrays` when only its ``.npy`` header has been read."""
-
-    def __init__(self, shape: tuple[int, ...], dtype: np.dtype) -> None:
-        self.shape = tuple(shape)
-        self.ndim = len(self.shape)
-        self.dtype = np.dtype(dtype)
-
-    def __len__(self) -> int:
-        return self.shape[0] if self.shape else 0
-
-
-def _stream_to_npy(f, dest: Path, shape, dtype, fortran_order: bool) -> None:
-    def write(tmp: Path) -> None:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape, fortran_order=fortran_order)
-        flat = memoryview(out.reshape(-1, order="A").view(np.uint8)) if out.size else memoryview(b"")
-        pos = 0
-        while pos < len(flat):
-            n = f.readinto(flat[pos : pos + _COPY_CHUNK])
-            if not n:
-                raise ValueError(f"{dest}: the archive ended after {pos} of {len(flat)} bytes of image data")
-            pos += n
-        out.flush()
-        del flat, out
-
-    _write_atomic(dest, write)
-
-
-def _write_atomic(dest: Path, write: Callable[[Path], None]) -> None:
-    tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}.npy")
-    try:
-        write(tmp)
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
+from msds_lightning.data.generated_files import check_generated_arrays, prepare_generated
 
 
 class GeneratedImages(Dataset):

@@ -3,7 +3,7 @@ adversarial training" (Wang, Pang et al., ICML 2023) — with real data alone or
 (:class:`~msds_lightning.data.MixedDataModule`).
 
 Per training batch (TRADES): the model stays in train mode and BatchNorm statistics are frozen while the
-attack runs (:func:`~msds_lightning.attacks.frozen_batchnorm`); PGD maximises KL(p_nat ‖ p(x_adv)) with
+attack runs (:func:`~msds_lightning.robustness.attacks.frozen_batchnorm`); PGD maximises KL(p_nat ‖ p(x_adv)) with
 p_nat detached; the loss is CE_ls(f(x), y) + β·KL(f(x) ‖ f(x_adv)), whose two forwards update the BN
 statistics. PGD-AT: CE_ls(f(x_adv), y) with x_adv from cross-entropy PGD. Validation reports clean and
 PGD accuracy (``val/pgd_acc``, margin loss, on the held-out split) for checkpoint selection.
@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassAccuracy
 
-from ..attacks import frozen_batchnorm, pgd
 from ..losses import trades_kl, trades_loss
+from ..robustness.attacks import frozen_batchnorm, pgd
 from .classifier_train import ClassifierModule
 from .optim import build_optimizer
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -32,32 +31,10 @@ from pathlib import Path
 
 import torch
 
-from .devices import resolve_device
-from .results import _drop_partial_last_line
+from ..devices import resolve_device
+from ..robustness.evaluation import ATTACKS, DEFAULT_ATTACKS
 
-ATTACKS = ("pgd", "eot-pgd", "autoattack")
-DEFAULT_ATTACKS = ("pgd", "autoattack")  # EOT-PGD equals PGD on deterministic models, at eot-samples times the cost
-# Column prefix of each attack in the result file.
-PREFIX = {"pgd": "pgd", "eot-pgd": "eot", "autoattack": "aa"}
 DATASETS = ("cifar10", "cifar100", "digits")
-
-
-def columns(attacks: Sequence[str]) -> tuple[str, ...]:
-    """Header of the result file for the attacks run, e.g. for PGD and AutoAttack::
-
-        idx label clean_pred pgd_pred aa_pred clean_correct pgd_correct aa_correct worst_correct
-
-    ``*_pred`` are predicted classes (an attack's prediction on an image misclassified when clean is the
-    clean prediction: such images are not attacked). ``clean_correct`` is 1 if the clean prediction is the
-    label; ``{attack}_correct`` is 1 if the image is classified correctly clean *and* after the attack;
-    ``worst_correct`` is 1 if it is correct clean and after every attack run (robust to all of them).
-    """
-    names = [PREFIX[a] for a in attacks]
-    return ("idx", "label", "clean_pred", *(f"{n}_pred" for n in names), "clean_correct",
-            *(f"{n}_correct" for n in names), "worst_correct")  # fmt: skip
-
-
-COLUMNS = columns(DEFAULT_ATTACKS)
 
 
 def parse_eps(text: str) -> float:
@@ -159,14 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-# ------------------------------------------------------------------------------------------------------
-# Building blocks
-# ------------------------------------------------------------------------------------------------------
-
-
 def build_dataset(args: argparse.Namespace):
     """The evaluated images as an ``IndexedSubset`` yielding ``(image, label, index)``, and its class count."""
-    from .data import CIFAR10DataModule, CIFAR100DataModule, DigitsDataModule
+    from ..data import CIFAR10DataModule, CIFAR100DataModule, DigitsDataModule
 
     common = dict(predict_split=args.split, skip=args.skip, max=args.max, batch_size=args.batch_size)
     if args.data == "digits":
@@ -184,7 +156,7 @@ def build_dataset(args: argparse.Namespace):
 
 def build_classifier(args: argparse.Namespace, num_classes: int) -> torch.nn.Module:
     """The attacked model: a timm :class:`Classifier` or an :class:`IDCClassifier` (``--idc``)."""
-    from .models import Classifier, IDCClassifier
+    from ..models import Classifier, IDCClassifier
 
     if args.idc is not None:
         model = IDCClassifier.from_pretrained(args.idc, output=args.idc_output, eta=args.idc_eta).eval()
@@ -204,44 +176,6 @@ def build_classifier(args: argparse.Namespace, num_classes: int) -> torch.nn.Mod
     ).eval()
 
 
-def build_attacks(args: argparse.Namespace, model: torch.nn.Module, device: torch.device) -> dict:
-    """``{column prefix: attack(x, y) -> x_adv}`` for the requested attacks, in the order given."""
-    from .attacks import autoattack, pgd_with_restarts
-
-    attacks = {}
-    for name in dict.fromkeys(args.attacks):  # de-duplicated, order kept
-        if name in ("pgd", "eot-pgd"):
-            generator = torch.Generator(device=device).manual_seed(args.seed)
-            eot = name == "eot-pgd"
-            attacks[PREFIX[name]] = lambda x, y, g=generator, eot=eot: pgd_with_restarts(
-                model, x, y, restarts=args.pgd_restarts, eps=args.eps, norm=args.norm,
-                steps=args.eot_steps if eot else args.pgd_steps,
-                step_size=(args.eot_step_size or args.pgd_step_size) if eot else args.pgd_step_size,
-                loss=args.pgd_loss, generator=g, eot_samples=args.eot_samples if eot else 1,
-            )  # fmt: skip
-        else:
-            attacks[PREFIX[name]] = lambda x, y: autoattack(
-                model, x, y, eps=args.eps, norm=args.norm, version=args.aa_version, seed=args.seed,
-                batch_size=args.batch_size,
-            )  # fmt: skip
-    return attacks
-
-
-def describe(args: argparse.Namespace) -> dict[str, str]:
-    """Row labels of the summary table, per column prefix."""
-    eps = Fraction(args.eps).limit_denominator(1000)
-    threat = f"{'ℓ∞' if args.norm == 'linf' else 'ℓ2'} ε={eps} ({args.eps:.4g})"
-    restarts = f", {args.pgd_restarts} restarts" if args.pgd_restarts > 1 else ""
-    return {
-        "clean": "clean",
-        "pgd": f"PGD-{args.pgd_steps} ({args.pgd_loss.upper()}{restarts}), {threat}",
-        "eot": f"EOT-PGD-{args.eot_steps} ({args.eot_samples} samples per step, {args.pgd_loss.upper()}{restarts}), "
-        f"{threat}",
-        "aa": f"AutoAttack ({args.aa_version}), {threat}",
-        "worst": "worst case (robust to every attack run)",
-    }
-
-
 SETTINGS = ("model_name", "num_classes", "checkpoint", "mean", "std", "input_size", "interpolation",
             "model_kwargs", "idc", "idc_output", "idc_eta", "data", "split", "digits_size", "digits_channels",
             "norm", "eps", "attacks", "pgd_steps", "pgd_step_size", "pgd_loss", "pgd_restarts", "aa_version",
@@ -251,170 +185,30 @@ SETTINGS = ("model_name", "num_classes", "checkpoint", "mean", "std", "input_siz
 def attack_fingerprint(args: argparse.Namespace) -> dict[str, object]:
     """The run fingerprint of an attack run: every setting that changes a row (not ``--root``, batch size,
     workers or device), with ``--checkpoint``/``--idc`` identified by the sha256 of their content."""
-    from .runs import fingerprint
+    from ..runs import fingerprint
 
     settings = {k: getattr(args, k) for k in SETTINGS if k not in ("checkpoint", "idc")}
     return fingerprint(settings, {"checkpoint": args.checkpoint, "idc": args.idc})
 
 
-def row_problem(cells: Sequence[str], head: Sequence[str], size: int | None = None) -> str | None:
-    """Why a line is not a valid attack row (see :func:`columns`): integer cells, idx in the data set,
-    0/1 ``*_correct`` columns."""
-    if len(cells) != len(head):
-        return f"{len(cells)} fields, the header has {len(head)}"
-    try:
-        row = {c: int(v) for c, v in zip(head, cells)}
-    except ValueError as err:
-        return f"unreadable value ({err})"
-    if row["idx"] < 0 or (size is not None and row["idx"] >= size):
-        return f"idx {row['idx']} outside the data set"
-    if any(row[c] not in (0, 1) for c in head if c.endswith("_correct")):
-        return "a *_correct value is not 0/1"
-    return None
-
-
-class TsvWriter:
-    """Appends rows to the result TSV, flushing (and fsyncing) each batch, like the certification writer.
-
-    The output is locked for the run (:class:`~msds_lightning.runs.OutputLock`), and resumed only when its
-    run fingerprint (``<output stem>.fingerprint.json``) matches; existing rows are validated (malformed
-    ones reported with file and line, and their images attacked again)."""
-
-    def __init__(self, path: Path, header: Sequence[str], fingerprint: dict, overwrite: bool,
-                 size: int | None = None) -> None:  # fmt: skip
-        from .runs import (
-            OutputLock,
-            check_fingerprint,
-            check_output_path,
-            fingerprint_path,
-            write_fingerprint,
-        )
-
-        self.path, self.header, self.size = path, tuple(header), size
-        check_output_path(path, "--output")
-        self.lock = OutputLock(path, hint="give another --output").acquire()
-        try:
-            if overwrite:
-                for old in (path, path.with_suffix(".md"), path.with_suffix(".cost.json"), fingerprint_path(path)):
-                    old.unlink(missing_ok=True)
-            has_rows = path.is_file() and path.stat().st_size > 0
-            if check_fingerprint(fingerprint_path(path), fingerprint, has_rows, str(path), "--overwrite"):
-                write_fingerprint(fingerprint_path(path), fingerprint)
-            if not has_rows:
-                self.done: set[int] = set()
-                self._file = path.open("a")
-                self._write(["\t".join(self.header)])
-                return
-            found = path.open().readline().rstrip("\n")
-            if found != "\t".join(self.header):
-                raise ValueError(f"{path} has header {found!r}, expected {chr(9).join(self.header)!r}; "
-                                 f"use --overwrite or another --output")  # fmt: skip
-            _drop_partial_last_line(path)
-            scan = self.scan()
-            if scan.problems:
-                print(f"[attack] {len(scan.problems)} malformed row(s) skipped; their images are attacked again:\n  "
-                      + "\n  ".join(scan.problems[:10]), file=sys.stderr)  # fmt: skip
-            self.done = set(scan.rows)
-            self._file = path.open("a")
-        except BaseException:
-            self.lock.release()
-            raise
-
-    def scan(self):
-        from .results import scan_result_files
-
-        return scan_result_files([self.path], self.size, check=row_problem, volatile=())
-
-    def _write(self, lines: Sequence[str]) -> None:
-        try:
-            self._file.write("".join(line + "\n" for line in lines))
-            self._file.flush()
-            os.fsync(self._file.fileno())
-        except OSError as err:
-            raise OSError(err.errno, f"cannot write to {self.path} ({err.strerror})") from None
-
-    def write(self, rows: Sequence[dict]) -> None:
-        self._write(["\t".join(str(row[c]) for c in self.header) for row in rows])
-
-    def rows(self) -> list[dict[str, int]]:
-        """The valid rows written so far, one per idx, as ``{column: int}``."""
-        head = self.header
-        return [dict(zip(head, map(int, line.split("\t")))) for line, _ in self.scan().rows.values()]
-
-    def compact(self) -> None:
-        """Rewrite the file with its valid rows only, sorted by idx (drops malformed and repeated rows)."""
-        from .results import merge_result_files
-
-        self._file.close()
-        merge_result_files([self.path], self.path, size=self.size, check=row_problem, volatile=())
-
-    def close(self) -> None:
-        self._file.close()
-        self.lock.release()
-
-
-def read_rows(path: str | os.PathLike) -> list[dict[str, int]]:
-    """The valid rows of a finished `msds attack` TSV as ``{column: int}``, one per idx, sorted by idx.
-
-    Raises ValueError naming the file and line of the first malformed row (a finished output has been
-    compacted, so any such row means the file was edited or damaged)."""
-    from .results import scan_result_files
-
-    path = Path(path)
-    with path.open() as f:
-        head = f.readline().rstrip("\n").split("\t")
-    scan = scan_result_files([path], None, check=row_problem, volatile=())
-    if scan.problems:
-        raise ValueError(f"{path} has malformed rows: " + "; ".join(scan.problems[:3]))
-    return [dict(zip(head, map(int, scan.rows[i][0].split("\t")))) for i in sorted(scan.rows)]
-
-
-def summary_table(rows: Sequence[dict], prefixes: Sequence[str], labels: dict[str, str]) -> str:
-    """Markdown table: accuracy (%) and count per row kind (clean, each attack, worst case)."""
-    n = len(rows)
-    lines = ["| evaluation | accuracy (%) | correct | images |", "|---|---:|---:|---:|"]
-    for key in ("clean", *prefixes, "worst"):
-        correct = sum(r[f"{key}_correct"] for r in rows)
-        acc = f"{100 * correct / n:.2f}" if n else "n/a"
-        lines.append(f"| {labels[key]} | {acc} | {correct} | {n} |")
-    return "\n".join(lines) + "\n"
-
-
-def write_cost(path: Path, timings: dict[str, list[float]], nfe: int, device: torch.device) -> dict:
-    """Write the cost measured by this invocation (the images it attacked): ``{"nfe_per_prediction", "device", "seconds_per_image": {key: s},
-    "images": {key: n}}`` (``clean``: the clean prediction of every image; each attack prefix: the attack on the
-    images it got, i.e. those correct when clean). Returns the dictionary."""
-    cost = {
-        "nfe_per_prediction": int(nfe),
-        "device": str(device),
-        "seconds_per_image": {k: (t / n if n else None) for k, (t, n) in timings.items()},
-        "images": {k: int(n) for k, (_, n) in timings.items()},
-    }
-    path.write_text(json.dumps(cost, indent=1) + "\n")
-    return cost
-
-
-def cost_text(cost: dict, labels: dict[str, str]) -> str:
-    """Markdown lines for :func:`write_cost`'s dictionary."""
-    lines = [f"Cost on {cost['device']} (measured by the last run that attacked images); network evaluations "
-             f"per prediction: {cost['nfe_per_prediction']}"]  # fmt: skip
-    for key, seconds in cost["seconds_per_image"].items():
-        if seconds is not None:
-            what = "clean prediction" if key == "clean" else labels.get(key, key)
-            lines.append(f"- {what}: {1000 * seconds:.1f} ms per image ({cost['images'][key]} images)")
-    return "\n".join(lines) + "\n"
-
-
-# ------------------------------------------------------------------------------------------------------
-# Command
-# ------------------------------------------------------------------------------------------------------
-
-
-def run(args: argparse.Namespace) -> int:
+def main(argv: Sequence[str]) -> int:
+    """``msds attack ...``: see ``msds attack --help``."""
     from torch.utils.data import DataLoader, Subset
 
-    from .attacks import attack_batch, prediction_rows
+    from ..robustness.evaluation import (
+        AttackSettings,
+        AttackTable,
+        attack_batch,
+        build_attacks,
+        columns,
+        cost_text,
+        describe,
+        prediction_rows,
+        summary_table,
+        write_cost,
+    )  # fmt: skip
 
+    args = build_parser().parse_args(argv)
     for flag in ("batch_size", "pgd_steps", "pgd_restarts", "skip", "eot_steps", "eot_samples", "predict_samples"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
@@ -427,12 +221,13 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     dataset, num_classes = build_dataset(args)
     model = build_classifier(args, num_classes).to(device)
-    attacks = build_attacks(args, model, device)
+    settings = AttackSettings.from_namespace(args)
+    attacks = build_attacks(settings, model, device)
     prefixes = list(attacks)
-    header = columns([a for a in dict.fromkeys(args.attacks)])
+    header = columns(settings.attacks)
     output = Path(args.output)
     size = len(getattr(dataset, "dataset", dataset))  # the whole split: row indices must lie in it
-    writer = TsvWriter(output, header, attack_fingerprint(args), args.overwrite, size=size)
+    writer = AttackTable(output, header, attack_fingerprint(args), args.overwrite, size=size)
     todo = [i for i, index in enumerate(dataset.indices) if index not in writer.done]
     if len(todo) < len(dataset):
         print(f"[attack] resuming {output}: {len(dataset) - len(todo)} of {len(dataset)} images done",
@@ -463,7 +258,7 @@ def run(args: argparse.Namespace) -> int:
         f"{args.model_name} ({args.checkpoint})")  # fmt: skip
     table = (
         f"{args.data} {args.split}, {model_text}; {len(rows)} images\n\n"
-        + summary_table(rows, prefixes, describe(args))
+        + summary_table(rows, prefixes, describe(settings))
     )
     cost_path = output.with_suffix(".cost.json")
     if timings:
@@ -471,21 +266,7 @@ def run(args: argparse.Namespace) -> int:
     else:  # nothing left to do: the cost measured by the run that did the work
         cost = json.loads(cost_path.read_text()) if cost_path.is_file() else None
     if cost is not None:
-        table += "\n" + cost_text(cost, describe(args))
+        table += "\n" + cost_text(cost, describe(settings))
     output.with_suffix(".md").write_text(table)
     sys.stdout.write(table)
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``msds attack ...``: see ``msds attack --help``. Returns 0, or 2 on bad input (message on stderr)."""
-    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    try:
-        return run(args)
-    except (ValueError, OSError) as err:
-        print(f"msds attack: error: {err}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import datetime
-import errno
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -28,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from .tsv import RowAppender, ScannedRows, merge_row_files, scan_row_files
 
 COHEN_COLUMNS = ("idx", "label", "predict", "radius", "correct", "time")
 
@@ -68,66 +69,16 @@ def header(extra_columns: Sequence[str] = ()) -> str:
     return "\t".join((*COHEN_COLUMNS, *extra_columns))
 
 
-class ResultWriter:
-    """Append-only writer of result rows; each row is flushed (and fsynced) as it is written, so a killed
-    job loses at most the row being written. An existing file is appended to after checking its header and
-    cutting an unfinished last line. The caller holds the file's :class:`~msds_lightning.runs.OutputLock`."""
+class ResultWriter(RowAppender):
+    """Append-only writer of certification rows (see :class:`~.tsv.RowAppender`: each row flushed and
+    fsynced as it is written; an existing file appended to after its header is checked)."""
 
     def __init__(self, path: str | os.PathLike, extra_columns: Sequence[str] = (), fsync: bool = True):
-        self.path = Path(path)
         self.extra_columns = tuple(extra_columns)
-        self.fsync = fsync
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        expected = header(self.extra_columns)
-        if self.path.exists() and self.path.stat().st_size > 0:
-            with self.path.open() as f:
-                found = f.readline().rstrip("\n")
-            if found != expected:
-                raise ValueError(
-                    f"{self.path} has header {found!r}, expected {expected!r}; refusing to append"
-                )
-            _drop_partial_last_line(self.path)
-            self._file = self.path.open("a")
-        else:  # append mode even here: never truncate a file another process might be writing
-            self._file = self.path.open("a")
-            self._write(expected)
-
-    def _write(self, line: str) -> None:
-        try:
-            self._file.write(line + "\n")
-            self._file.flush()
-            if self.fsync:
-                os.fsync(self._file.fileno())
-        except OSError as err:  # e.g. ENOSPC: say which file; the rows written so far stay valid
-            raise OSError(err.errno, f"cannot write to {self.path} ({err.strerror})") from None
+        super().__init__(path, (*COHEN_COLUMNS, *self.extra_columns), fsync)
 
     def write(self, idx, label, predict, radius, seconds, **extra) -> None:
-        self._write(format_row(idx, label, predict, radius, seconds, extra, self.extra_columns))
-
-    def close(self) -> None:
-        self._file.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
-def _drop_partial_last_line(path: Path) -> None:
-    """A job killed mid-write can leave a last line without its newline: cut it so appends stay aligned
-    (its image was not finished, so it is certified again)."""
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        with path.open("r+b") as f:
-            f.truncate(data.rfind(b"\n") + 1)
-
-
-def _complete_lines(path: str | os.PathLike) -> list[str]:
-    """Lines of a file that end with a newline (a partial last line is an unfinished row)."""
-    with open(path, newline="") as f:
-        text = f.read()
-    return [line for line in text.split("\n")[:-1] if line.strip()]
+        self.write_lines([format_row(idx, label, predict, radius, seconds, extra, self.extra_columns)])
 
 
 def row_problem(cells: Sequence[str], head: Sequence[str], size: int | None = None) -> str | None:
@@ -155,58 +106,13 @@ def row_problem(cells: Sequence[str], head: Sequence[str], size: int | None = No
     return None
 
 
-@dataclass
-class ScannedRows:
-    """Valid rows of one or more result files: ``rows`` maps idx -> (line, "file:line") of its first row;
-    ``problems`` lists the skipped malformed rows as ``"file:line: reason"``."""
-
-    header: str | None
-    rows: dict[int, tuple[str, str]]
-    problems: list[str]
-
-
 def scan_result_files(
     paths: Iterable[str | os.PathLike], size: int | None = None, check=row_problem,
     volatile: Sequence[str] = ("time",),
 ) -> ScannedRows:  # fmt: skip
-    """Parse and check every complete row of the existing files among ``paths`` with ``check`` (default
-    :func:`row_problem`; ``check(cells, header_cells, size)`` returns why a row is invalid, or ``None``).
-
-    A malformed row is skipped (its image counts as not done, so it is certified again) and reported in
-    ``problems``. The files must share one header, and two valid rows of one idx must agree on every column
-    but the ``volatile`` ones (a re-done image gives the same row); otherwise ``ValueError`` names both
-    places."""
-    head, rows, problems = None, {}, []
-    for path in paths:
-        if not Path(path).is_file():
-            continue
-        lines = _complete_lines(path)
-        if not lines:
-            continue
-        if head is None:
-            head = lines[0]
-        elif lines[0] != head:
-            raise ValueError(f"{path} has header {lines[0]!r}, expected {head!r} (as in the other result files)")
-        columns = head.split("\t")
-        if "idx" not in columns or not set(volatile) <= set(columns):
-            raise ValueError(f"{path}: header {head!r} is not a result header (expected {header()!r} ...)")
-        compared = [k for k, c in enumerate(columns) if c not in volatile]
-        for number, line in enumerate(lines[1:], start=2):
-            where = f"{path}:{number}"
-            cells = line.split("\t")
-            problem = check(cells, columns, size)
-            if problem:
-                problems.append(f"{where}: {problem}")
-                continue
-            idx = int(cells[columns.index("idx")])
-            if idx in rows:
-                first, first_where = rows[idx]
-                other = first.split("\t")
-                if [other[k] for k in compared] != [cells[k] for k in compared]:
-                    raise ValueError(f"conflicting rows for idx {idx}: {first_where} and {where} differ")
-                continue
-            rows[idx] = (line, where)
-    return ScannedRows(head, rows, problems)
+    """:func:`~.tsv.scan_row_files` of certification result files (their rows checked by :func:`row_problem`;
+    a re-certified image must give the same row but for its ``time``)."""
+    return scan_row_files(paths, check, size, volatile)
 
 
 def done_indices(paths: Iterable[str | os.PathLike], size: int | None = None) -> set[int]:
@@ -279,32 +185,6 @@ def merge_result_files(
     shards: Iterable[str | os.PathLike], output: str | os.PathLike, expected: Iterable[int] | None = None,
     size: int | None = None, check=row_problem, volatile: Sequence[str] = ("time",),
 ) -> int:
-    """Merge result files (same header) into ``output`` sorted by idx, one valid row per idx.
-
-    Rows are checked as in :func:`scan_result_files`: malformed ones are left out (never merged), two rows
-    of one idx that differ apart from ``volatile`` columns raise ``ValueError``. With ``expected`` given, a missing index
-    raises. The merge is written to a temporary file, read back and verified, then moved into place, so
-    the shards may be deleted once this returns. Returns the number of rows written.
-    """
-    scan = scan_result_files(shards, size, check, volatile)
-    if expected is not None:
-        missing = sorted(set(expected) - set(scan.rows))
-        if missing:
-            raise ValueError(f"merged results miss {len(missing)} index(es), e.g. {missing[:10]}")
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(output.name + ".tmp")
-    lines = [scan.header or header()] + [scan.rows[idx][0] for idx in sorted(scan.rows)]
-    try:
-        with tmp.open("w") as f:
-            f.write("".join(line + "\n" for line in lines))
-            f.flush()
-            os.fsync(f.fileno())
-        again = scan_result_files([tmp], size, check, volatile)
-        if _complete_lines(tmp) != lines or again.problems or set(again.rows) != set(scan.rows):
-            raise OSError(errno.EIO, f"the merged file {tmp} did not read back as written")
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise OSError(err.errno, f"cannot write {output} ({err.strerror}); the shards are kept") from None
-    os.replace(tmp, output)  # atomic: a reader never sees a half-written merge
-    return len(scan.rows)
+    """:func:`~.tsv.merge_row_files` of certification result files into ``output`` (sorted by idx, verified,
+    moved into place atomically; with ``expected`` given, a missing index raises). Returns the row count."""
+    return merge_row_files(shards, output, check, header(), expected, size, volatile)

@@ -5,7 +5,7 @@ same noise streams) give per-image outcomes that are strongly correlated, so the
 much tighter than two separate intervals would suggest. For every radius r and the ACR:
 
 * **certified accuracy at r** (an image counts when ``correct == 1`` and ``radius >= r``, as in
-  :mod:`~msds_lightning.analysis`): the difference ``acc_A - acc_B = (n10 - n01) / n`` where ``n10``
+  :mod:`~msds_lightning.results.analysis`): the difference ``acc_A - acc_B = (n10 - n01) / n`` where ``n10``
   counts the images only A certifies and ``n01`` those only B certifies. The p-value is the **exact
   McNemar test**: the two-sided binomial test of ``n10`` among the ``n10 + n01`` discordant images at
   1/2. The interval is Tango's score interval of the paired difference (Tango 1998; the one Fagerland,
@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from .analysis import average_certified_radius, certified_accuracy
-from .results import Results, read_results
+from .certification import Results, read_results
 
 DEFAULT_RESAMPLES = 10_000
 DEFAULT_CONFIDENCE = 0.95
@@ -76,7 +76,7 @@ class Comparison:
 
 def _stored_fingerprint(path: str | Path) -> dict | None:
     """The run fingerprint stored beside a result file (``<stem>.fingerprint.json``), or None."""
-    from .runs import fingerprint_path
+    from ..runs import fingerprint_path
 
     stored = fingerprint_path(path)
     try:
@@ -216,7 +216,7 @@ def compare_files(
     seed: int = 0, confidence: float = DEFAULT_CONFIDENCE, names: Sequence[str] | None = None,
 ) -> Comparison:  # fmt: skip
     """:func:`compare` of two result TSVs; refuses files whose run fingerprints name other data."""
-    from .runs import differences
+    from ..runs import differences
 
     stored_a, stored_b = _stored_fingerprint(path_a), _stored_fingerprint(path_b)
     notes = []

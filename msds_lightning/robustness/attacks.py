@@ -18,8 +18,7 @@ Pure PyTorch (no Lightning). Conventions, as in DM-Improves-AT (Wang et al., ICM
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -68,7 +67,7 @@ def frozen_batchnorm(model: nn.Module) -> Iterator[nn.Module]:
 
 
 @contextmanager
-def _evaluation_mode(model: nn.Module, freeze_parameters: bool = False) -> Iterator[nn.Module]:
+def evaluation_mode(model: nn.Module, freeze_parameters: bool = False) -> Iterator[nn.Module]:
     """``model.eval()`` inside; every module's own ``training`` flag (and, with ``freeze_parameters``, every
     parameter's ``requires_grad``) restored exactly on exit."""
     modes = [(m, m.training) for m in model.modules()]
@@ -334,7 +333,7 @@ def autoattack(
     import torchattacks  # lazy: only evaluation needs it
 
     devices = [x.device] if x.device.type == "cuda" else []
-    with _evaluation_mode(model, freeze_parameters=True), torch.random.fork_rng(devices=devices):
+    with evaluation_mode(model, freeze_parameters=True), torch.random.fork_rng(devices=devices):
         if num_classes is None:
             with torch.no_grad():
                 num_classes = int(model(x[:1]).shape[1])
@@ -369,132 +368,3 @@ def _match_reference_autoattack(attack, num_classes: int) -> None:
             sub.n_target_classes = min(AA_TARGET_CLASSES, num_classes - 1)
         if isinstance(sub, torchattacks.Square):
             sub.rescale_schedule = False
-
-
-# ------------------------------------------------------------------------------------------------------
-# Evaluation
-# ------------------------------------------------------------------------------------------------------
-
-
-def predict_labels(model: nn.Module, x: torch.Tensor, samples: int = 1) -> torch.Tensor:
-    """``model(x).argmax(1)`` without gradient; with ``samples > 1`` the majority vote of that many forward
-    passes of a stochastic model (ties: the smallest class)."""
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise ValueError(f"samples must be an integer >= 1, got {samples!r}")
-    with torch.no_grad():
-        first = model(x)
-        if samples == 1:
-            return first.argmax(dim=1)
-        votes = F.one_hot(first.argmax(dim=1), first.shape[1])
-        for _ in range(samples - 1):
-            votes += F.one_hot(model(x).argmax(dim=1), first.shape[1])
-    return votes.argmax(dim=1)
-
-
-def attack_batch(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    attacks: Mapping[str, Attack],
-    predict_samples: int = 1,
-    timings: dict[str, list[float]] | None = None,
-) -> dict[str, torch.Tensor]:
-    """Predictions [B] (int64, on ``x``'s device) on clean and attacked images: ``{"clean": ..., name: ...}``.
-
-    The model runs in eval mode (restored afterwards). Each attack gets only the examples classified
-    correctly when clean; for the others its prediction is the clean one (they count as broken anyway).
-    ``predict_samples``: predictions (clean and adversarial) are majority votes over that many forward passes
-    (for stochastic models; 1 = one pass, as the IDC paper's torchattacks evaluation). ``timings``, if given,
-    accumulates ``[seconds, images]`` per key: ``"clean"`` (the clean predictions) and each attack (the
-    attack itself on the images it got, without the prediction afterwards).
-    """
-    reserved = [name for name in attacks if name in ("clean", "worst", "idx", "label")]
-    if reserved:
-        raise ValueError(f"attack names {reserved} are reserved (result columns); rename them")
-
-    def timed(key: str, count: int, fn, *args):
-        if timings is None:
-            return fn(*args)
-        _synchronize(x.device)
-        start = time.perf_counter()
-        result = fn(*args)
-        _synchronize(x.device)
-        entry = timings.setdefault(key, [0.0, 0])
-        entry[0] += time.perf_counter() - start
-        entry[1] += count
-        return result
-
-    with _evaluation_mode(model):
-        clean = timed("clean", len(x), predict_labels, model, x, predict_samples)
-        predictions = {"clean": clean}
-        correct = (clean == y).nonzero().flatten()
-        for name, attack in attacks.items():
-            pred = clean.clone()
-            if len(correct):
-                x_adv = timed(name, len(correct), attack, x[correct], y[correct])
-                pred[correct] = predict_labels(model, x_adv, predict_samples)
-            predictions[name] = pred
-    return predictions
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def robust_accuracy(
-    model: nn.Module,
-    loader: Iterable,
-    attacks: Mapping[str, Attack],
-    device: torch.device | str = "cpu",
-    predict_samples: int = 1,
-) -> list[dict[str, int]]:
-    """Attack every batch of ``loader`` (``(x, y)`` or ``(x, y, index)``) and return one row per image
-    (``predict_samples``: majority votes for stochastic models, see :func:`attack_batch`).
-
-    Row keys: ``idx`` (the yielded index, or the running position), ``label``, ``clean_pred``,
-    ``{name}_pred`` per attack, ``clean_correct``, ``{name}_correct`` (1 if the image is classified
-    correctly clean *and* after the attack) and ``worst_correct`` (correct clean and after every attack:
-    an image is robust only if it survives all of them). Accuracies are the means of the ``*_correct``
-    columns (see :func:`accuracies`).
-    """
-    rows: list[dict[str, int]] = []
-    position = 0
-    for batch in loader:
-        x, y = batch[0].to(device), batch[1].to(device)
-        idx = batch[2].tolist() if len(batch) > 2 else list(range(position, position + len(x)))
-        position += len(x)
-        rows += prediction_rows(idx, y, attack_batch(model, x, y, attacks, predict_samples), list(attacks))
-    return rows
-
-
-def prediction_rows(
-    idx: Iterable[int], y: torch.Tensor, predictions: Mapping[str, torch.Tensor], names: Iterable[str]
-) -> list[dict[str, int]]:
-    """Rows of :func:`robust_accuracy` from :func:`attack_batch`'s predictions (clean and ``names``)."""
-    names = list(names)
-    y = y.cpu()
-    preds = {k: v.cpu() for k, v in predictions.items()}
-    clean_ok = preds["clean"] == y
-    ok = {name: clean_ok & (preds[name] == y) for name in names}
-    worst = clean_ok.clone()
-    for name in names:
-        worst &= ok[name]
-    rows = []
-    for i, index in enumerate(idx):
-        row = {"idx": int(index), "label": int(y[i]), "clean_pred": int(preds["clean"][i])}
-        row.update({f"{name}_pred": int(preds[name][i]) for name in names})
-        row["clean_correct"] = int(clean_ok[i])
-        row.update({f"{name}_correct": int(ok[name][i]) for name in names})
-        row["worst_correct"] = int(worst[i])
-        rows.append(row)
-    return rows
-
-
-def accuracies(rows: Iterable[Mapping[str, int]], names: Iterable[str]) -> dict[str, float]:
-    """``{"clean": acc, name: robust acc, ..., "worst": acc}`` from rows (NaN without rows)."""
-    rows = list(rows)
-    keys = ["clean", *names, "worst"]
-    if not rows:
-        return {k: float("nan") for k in keys}
-    return {k: sum(int(r[f"{k}_correct"]) for r in rows) / len(rows) for k in keys}

@@ -1,0 +1,56 @@
+"""``msds analyze RESULTS... [--radii R...] [--format markdown|latex|csv] [--output FILE] [--plot PNG]``:
+certified accuracy, ACR and abstention per result file (:mod:`msds_lightning.results.analysis`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ..results.analysis import CIFAR10_RADII, FORMATTERS
+
+    p = argparse.ArgumentParser(prog="msds analyze", description="tabulate certified accuracy, ACR and abstention "
+                                "from result TSVs")  # fmt: skip
+    p.add_argument(
+        "results", nargs="+", help="result TSV files (columns idx label predict radius correct time ...)"
+    )
+    p.add_argument("--radii", nargs="+", type=float, default=list(CIFAR10_RADII),
+                   help="radii for the table, in [0,1] pixel units (default: %(default)s; ImageNet: 0 0.5 1 1.5 2 2.5 3)")  # fmt: skip
+    p.add_argument("--format", choices=sorted(FORMATTERS), default="markdown", help="table format")
+    p.add_argument("--output", "-o", help="also write the table to this file")
+    p.add_argument("--plot", help="write a certified-accuracy-vs-radius plot (PNG) to this path")
+    return p
+
+
+def main(argv: Sequence[str]) -> int:
+    args = build_parser().parse_args(argv)
+    import numpy as np
+
+    from ..results import read_results
+    from ..results.analysis import FORMATTERS, plot_certified_accuracy, summarize
+
+    if any(r < 0 for r in args.radii):
+        raise ValueError(f"--radii must be >= 0, got {args.radii}")
+    results = [read_results(p) for p in args.results]
+    for path, res in zip(args.results, results):
+        if len(res) == 0:
+            raise ValueError(f"{path} has no result rows (only a header): nothing to tabulate")
+        nan, inf = int(np.isnan(res.radius).sum()), int(np.isinf(res.radius).sum())
+        if nan or inf:  # NaN never counts as certified, inf counts at every radius: say so
+            print(f"msds analyze: warning: {path} has {nan} NaN and {inf} infinite radius value(s); NaN rows "
+                  f"count as not certified, infinite ones as certified at every radius", file=sys.stderr)  # fmt: skip
+    table = FORMATTERS[args.format]([summarize(r, args.radii) for r in results])
+    sys.stdout.write(table)
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(table)
+    if args.plot:
+        Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
+        plot_certified_accuracy(results, args.plot)
+        print(f"plot written to {args.plot}", file=sys.stderr)
+    return 0
+
+
