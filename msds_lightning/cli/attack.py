@@ -33,6 +33,7 @@ import torch
 
 from ..devices import resolve_device
 from ..robustness.evaluation import ATTACKS, DEFAULT_ATTACKS
+from .classifier_flags import add_classifier_arguments, classifier_kwargs
 
 DATASETS = ("cifar10", "cifar100", "digits")
 
@@ -50,16 +51,6 @@ def parse_eps(text: str) -> float:
     return value
 
 
-def _json_object(text: str) -> dict:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise argparse.ArgumentTypeError(f"invalid JSON ({err}): {text!r}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"in_chans\": 1}}', got {text!r}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="msds attack",
@@ -67,25 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     c = p.add_argument_group("classifier (msds_lightning.models.Classifier: [0,1] pixels -> logits)")
-    c.add_argument(
-        "--model-name", default=None, help="timm model name, e.g. msds_small_cnn or wide_resnet28_10"
-    )
-    c.add_argument("--num-classes", type=int, default=None, help="logits (None: the data set's class count)")
-    c.add_argument("--checkpoint", default=None, help="local weight file (.safetensors, .pt, .pth)")
-    c.add_argument(
-        "--mean",
-        type=float,
-        nargs="+",
-        default=None,
-        help="per-channel mean (None: timm's pretrained config)",
-    )
-    c.add_argument(
-        "--std", type=float, nargs="+", default=None, help="per-channel std (None: timm's pretrained config)"
-    )
-    c.add_argument("--input-size", type=int, default=None, help="resize inputs to N x N before the model")
-    c.add_argument("--interpolation", default="bicubic", choices=("nearest", "bilinear", "bicubic", "area"))
-    c.add_argument("--model-kwargs", type=_json_object, default={}, metavar="JSON",
-                   help='extra timm.create_model arguments, e.g. \'{"in_chans": 1}\'')  # fmt: skip
+    add_classifier_arguments(c, "--model-name")
 
     i = p.add_argument_group("or an image-to-image diffusion classifier (instead of --model-name/--checkpoint)")
     i.add_argument("--idc", default=None, metavar="DIR",
@@ -164,16 +137,8 @@ def build_classifier(args: argparse.Namespace, num_classes: int) -> torch.nn.Mod
             raise ValueError(f"{args.idc} has {model.num_classes} label images but {args.data} {num_classes} classes")
         return model
 
-    return Classifier(
-        args.model_name,
-        args.num_classes or num_classes,
-        checkpoint=args.checkpoint,
-        input_size=args.input_size,
-        mean=args.mean,
-        std=args.std,
-        interpolation=args.interpolation,
-        model_kwargs=args.model_kwargs,
-    ).eval()
+    kwargs = classifier_kwargs(args)
+    return Classifier(args.model_name, **{**kwargs, "num_classes": kwargs.get("num_classes", num_classes)}).eval()
 
 
 SETTINGS = ("model_name", "num_classes", "checkpoint", "mean", "std", "input_size", "interpolation",

@@ -5,7 +5,6 @@ diffusion UNet (EDM Heun, :mod:`msds_lightning.generation`) into generated train
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Sequence
@@ -16,6 +15,7 @@ from torch import nn
 from ..data.generated_files import save_npz
 from ..generation.edm import EDM_SIGMA_MAX, EDM_SIGMA_MIN, generate, require_class_embeddings
 from ..generation.filtering import filter_top_k
+from .classifier_flags import add_classifier_arguments, classifier_kwargs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,15 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sigma-max", type=float, default=EDM_SIGMA_MAX, help="default %(default)s (EDM)")
     p.add_argument("--output", "-o", required=True, metavar="FILE.npz", help="output file")
     f = p.add_argument_group("pseudo-label filtering (optional)")
-    f.add_argument("--filter-classifier-name", metavar="NAME",
-                   help="timm model name of the filtering classifier (msds_lightning.models.Classifier)")  # fmt: skip
-    f.add_argument("--filter-checkpoint", metavar="FILE", help="its weights (.safetensors/.pt state dict)")
-    f.add_argument("--filter-num-classes", type=int, help="its number of classes (default: --num-classes)")
-    f.add_argument("--filter-mean", type=float, nargs="+", help="its input normalization mean")
-    f.add_argument("--filter-std", type=float, nargs="+", help="its input normalization std")
-    f.add_argument("--filter-input-size", type=int, help="resize inputs to this size for it")
-    f.add_argument("--filter-model-kwargs", type=json.loads, default=None, metavar="JSON",
-                   help="extra timm.create_model arguments, e.g. '{\"in_chans\": 1}'")  # fmt: skip
+    add_classifier_arguments(f, "--filter-classifier-name", prefix="filter-")
     f.add_argument("--keep-per-class", type=int,
                    help="keep this many images per class (those with the highest probability of their class)")  # fmt: skip
     return p
@@ -60,15 +52,8 @@ def _build_filter(args: argparse.Namespace) -> nn.Module:
         raise FileNotFoundError(f"--filter-checkpoint: {args.filter_checkpoint} not found")
     if (args.filter_mean is None) != (args.filter_std is None):
         raise ValueError("--filter-mean and --filter-std must be given together")
-    return Classifier(
-        args.filter_classifier_name,
-        num_classes=args.filter_num_classes or args.num_classes,
-        checkpoint=args.filter_checkpoint,
-        input_size=args.filter_input_size,
-        mean=args.filter_mean,
-        std=args.filter_std,
-        model_kwargs=args.filter_model_kwargs,
-    )
+    kwargs = classifier_kwargs(args, prefix="filter-")
+    return Classifier(args.filter_classifier_name, **{**kwargs, "num_classes": kwargs.get("num_classes", args.num_classes)})
 
 
 def _run(args: argparse.Namespace) -> str:
@@ -98,18 +83,9 @@ def _run(args: argparse.Namespace) -> str:
             print(f"generated {done}/{n}", file=sys.stderr, flush=True)
 
     start = time.perf_counter()
-    images, labels = generate(
-        denoiser,
-        args.num_per_class,
-        args.num_classes,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        device=args.device,
-        sigma_min=args.sigma_min,
-        sigma_max=args.sigma_max,
-        progress=progress,
-    )
+    images, labels = generate(denoiser, args.num_per_class, args.num_classes, steps=args.steps,
+                              batch_size=args.batch_size, seed=args.seed, device=args.device,
+                              sigma_min=args.sigma_min, sigma_max=args.sigma_max, progress=progress)  # fmt: skip
     kept = ""
     if classifier is not None:
         images, labels = filter_top_k(
