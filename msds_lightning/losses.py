@@ -1,9 +1,8 @@
-"""Loss terms of MSDS diffusion fine-tuning ("consistent where recoverable, diverse where not").
+"""Loss terms: MSDS diffusion fine-tuning, TRADES adversarial training, and IDC's bridge training.
 
-The public sources of Jeong & Shin (NeurIPS 2023) name the two terms — a Brier loss and an
-anti-consistency loss — but not their formulas or weights (see ../shared/research/msds.md §3.2). This
-module is *our specification*; every term and weight is configurable.
-
+MSDS ("consistent where recoverable, diverse where not"): the public sources of Jeong & Shin (NeurIPS 2023)
+name the two terms — a Brier loss and an anti-consistency loss — but not their formulas or weights (see
+../shared/research/msds.md §3.2). These are *our specification*; every term and weight is configurable.
 Shapes: ``probs`` [B, M, K] are the frozen classifier's softmax outputs on M denoised noisy copies of each
 of B images; ``labels`` [B] the true classes. Every function returns a per-image loss [B].
 """
@@ -81,3 +80,37 @@ def trades_loss(
     natural = F.cross_entropy(logits_natural, labels, label_smoothing=label_smoothing)
     robust = trades_kl(logits_natural, logits_adversarial)
     return {"loss": natural + beta * robust, "natural": natural, "robust": robust}
+
+
+# ------------------------------------------------------------------------------------------------------
+# IDC (image-to-image diffusion classifier): the Brownian-bridge objective against every label image
+# ------------------------------------------------------------------------------------------------------
+
+
+def bridge_objective_distances(
+    residual: torch.Tensor, x0: torch.Tensor, label_images: torch.Tensor, shift: torch.Tensor
+) -> torch.Tensor:
+    """``d_k = mean|o^(k) − ô|`` [B, K]: how far the prediction is from the objective of each class.
+
+    For each label image ``p_k`` (in [-1, 1]) the objective the network would need if the target were ``p_k``
+    is ``o^(k) = m_{t−1}·(p_k − x0) + m_t·(y_img − p_k) + √δ_t·ε = o_t + (m_t − m_{t−1})·(x0 − p_k)``
+    (``m_{−1} = 0``; IDC's definition), so ``o^(y) = o_t`` and ``d_y`` is the L1 loss of the example.
+
+    Args:
+        residual: ``o_t − ô`` [B, C, H, W]; x0: the true label images [B, C, H, W] in [-1, 1];
+        label_images: all K label images [K, C, H, W] in [-1, 1]; shift: ``m_t − m_{t−1}`` [B].
+    """
+    shift = shift.to(residual.dtype).view(-1, 1, 1, 1)
+    # one label image at a time keeps memory at O(B·D) for K = 100
+    return torch.stack(
+        [(residual + shift * (x0 - p)).abs().flatten(1).mean(dim=1) for p in label_images], dim=1
+    )
+
+
+def bridge_classification_term(distances: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """IDC's inter-class term per example ([B]), to be *subtracted* (times λ = 0.2) from the L1 loss:
+    ``min_{k≠y} d_k`` for examples whose nearest objective (:func:`bridge_objective_distances`) is another
+    class's, 0 for the others (the official definition; ties count as correct)."""
+    own = distances.gather(1, y.view(-1, 1)).squeeze(1)
+    others = distances.masked_fill(F.one_hot(y, distances.shape[1]).bool(), float("inf")).amin(dim=1)
+    return torch.where(others < own, others, torch.zeros_like(others))

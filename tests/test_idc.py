@@ -9,13 +9,12 @@ import torch
 from diffusers import UNet2DModel
 
 from msds_lightning.callbacks import CopyThenEMAWeightAveraging
+from msds_lightning.losses import bridge_classification_term, bridge_objective_distances
 from msds_lightning.models.idc import (
     IDC_UNETS,
     BrownianBridge,
     IDCClassifier,
     bbdm_steps,
-    bridge_classification_term,
-    bridge_objective_distances,
     idc_unet_config,
     label_distances,
     orthogonal_label_images,

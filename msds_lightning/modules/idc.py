@@ -4,7 +4,7 @@ input image to its class's label image, L1 objective plus the inter-class term.
 Per training batch: t ~ Uniform{0..T−1} per image; ``x_t, o_t`` from the bridge's marginal with x0 = the label
 image of y and the source = the input (both in [-1, 1]); loss = mean|o_t − ô| − λ·mean(term), ``term`` the
 distance to the nearest wrong class's objective for images currently closer to it than to their own
-(:func:`~msds_lightning.models.idc.bridge_classification_term`; λ = ``cls_weight`` = 0.2).
+(:func:`~msds_lightning.losses.bridge_classification_term`; λ = ``cls_weight`` = 0.2).
 
 Validation (EMA weights with :class:`~msds_lightning.callbacks.CopyThenEMAWeightAveraging`): ``val/loss``
 (the L1 term) and ``val/acc``, the accuracy of the full stochastic sampler with a fixed seed per batch
@@ -24,7 +24,8 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from ..models.idc import IDCClassifier, bridge_classification_term, bridge_objective_distances
+from ..losses import bridge_classification_term, bridge_objective_distances
+from ..models.idc import IDCClassifier
 
 LR_SCHEDULES = ("plateau", "step", "constant")
 
