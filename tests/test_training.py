@@ -4,6 +4,7 @@ classifier stays frozen; LoRA trains adapters only; exports load in `msds certif
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -126,7 +127,7 @@ def fit(module, steps, data):
 
 
 def test_pretrain_loss_decreases_when_overfitting():
-    module = DenoiserPretrainModule(tiny_denoiser(), lr=5e-3)
+    module = DenoiserPretrainModule(tiny_denoiser(), optimizer=partial(torch.optim.AdamW, lr=5e-3, weight_decay=0.0))
     data = loader()
     x = next(iter(data))[0]
     g = torch.Generator().manual_seed(0)
@@ -138,13 +139,17 @@ def test_pretrain_loss_decreases_when_overfitting():
 
 
 def test_classifier_loss_decreases_when_overfitting():
-    module = ClassifierModule(tiny_classifier(), 10, optimizer="adamw", lr=3e-3, weight_decay=0.0)
+    module = ClassifierModule(tiny_classifier(), 10, optimizer=partial(torch.optim.AdamW, lr=3e-3, weight_decay=0.0))
     data = loader(n=16, batch_size=16)
     x, y, _ = next(iter(data))
     before = torch.nn.functional.cross_entropy(module.classifier.eval()(x), y).item()
     fit(module, 40, data)
     after = torch.nn.functional.cross_entropy(module.classifier.eval()(x), y).item()
     assert after < 0.5 * before
+
+
+def adamw(lr):
+    return partial(torch.optim.AdamW, lr=lr, weight_decay=0.0)
 
 
 def finetune_module(**kwargs):
@@ -161,7 +166,7 @@ def objective_at_fixed_noise(module, x, y):
 
 
 def test_finetune_loss_decreases_classifier_frozen_unet_trained():
-    module = finetune_module(lr=3e-3)
+    module = finetune_module(optimizer=adamw(3e-3))
     data = loader()
     x, y, _ = next(iter(data))
     classifier_before = {k: v.clone() for k, v in module.classifier.state_dict().items()}
@@ -219,7 +224,7 @@ def test_cascade_recoverability_is_the_default_and_answers_strictly_above_p0():
 
 
 def test_lora_trains_only_adapters_and_exports_merged(tmp_path):
-    module = finetune_module(lr=1e-2, lora={"r": 4}, export_dir=str(tmp_path / "exported"))
+    module = finetune_module(optimizer=adamw(1e-2), lora={"r": 4}, export_dir=str(tmp_path / "exported"))
     base_before = {k: v.clone() for k, v in module.denoiser.unet.state_dict().items() if "lora_" not in k}
     lora_before = {k: v.clone() for k, v in module.denoiser.unet.state_dict().items() if "lora_" in k}
     assert lora_before and all(
