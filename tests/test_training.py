@@ -99,6 +99,9 @@ def test_finetune_resume_continues_step_count(assets, tmp_path, monkeypatch):
     last = tmp_path / "outputs/cifar10/finetune_msds/checkpoints/last.ckpt"
     first = torch.load(last, weights_only=True, map_location="cpu")
     assert first["global_step"] == 2
+    hparams = first["hyper_parameters"]  # plain data: the module's arguments, not its networks or callables
+    assert hparams["num_noise_samples"] == 2 and hparams["export_dir"] == str(tmp_path / "exported")
+    assert not {"denoiser", "classifier", "optimizer", "lr_scheduler"} & set(hparams)
     assert main(["finetune", *common, "--trainer.max_steps=4", "--ckpt_path=last"]) == 0
     second = torch.load(last, weights_only=True, map_location="cpu")
     assert second["global_step"] == 4
@@ -124,6 +127,20 @@ def fit(module, steps, data):
                       enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)  # fmt: skip
     trainer.fit(module, data)
     return module
+
+
+def test_modules_save_their_plain_arguments(tmp_path):
+    from msds_lightning.modules import AdversarialTrainingModule
+
+    modules = [DenoiserPretrainModule(tiny_denoiser(), val_sigmas=[0.25]), ClassifierModule(tiny_classifier(), 10),
+               AdversarialTrainingModule(tiny_classifier(), beta=3.0), finetune_module(lambda_ac=0.5)]  # fmt: skip
+    for module in modules:
+        hparams = dict(module.hparams)
+        assert hparams and not {"denoiser", "classifier", "optimizer", "lr_scheduler"} & set(hparams)
+        torch.save(hparams, tmp_path / "h.pt")
+        assert torch.load(tmp_path / "h.pt", weights_only=True) == hparams
+    assert modules[0].hparams["val_sigmas"] == [0.25] and modules[1].hparams["num_classes"] == 10
+    assert modules[2].hparams["beta"] == 3.0 and modules[3].hparams["lambda_ac"] == 0.5
 
 
 def test_pretrain_loss_decreases_when_overfitting():

@@ -74,6 +74,7 @@ class AdversarialTrainingModule(ClassifierModule):
         reject_removed(lr=lr, weight_decay=weight_decay, momentum=momentum, warmup_steps=warmup_steps,
                        schedule=schedule)  # fmt: skip
         super().__init__(classifier, num_classes, 0.0, label_smoothing, optimizer, lr_scheduler, export_path)
+        self.save_hyperparameters(ignore=["classifier", "optimizer", "lr_scheduler"])
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         if norm not in ("linf", "l2"):

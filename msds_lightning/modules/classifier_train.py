@@ -55,6 +55,8 @@ class ClassifierModule(LightningModule):
         super().__init__()
         reject_removed(lr=lr, weight_decay=weight_decay, momentum=momentum, warmup_steps=warmup_steps,
                        schedule=schedule)  # fmt: skip
+        if type(self).__init__ is ClassifierModule.__init__:  # a subclass saves its own (fuller) arguments
+            self.save_hyperparameters(ignore=["classifier", "optimizer", "lr_scheduler"])
         if noise_sigma < 0:
             raise ValueError(f"noise_sigma must be >= 0 ([0,1] pixel units), got {noise_sigma}")
         if not 0 <= label_smoothing < 1:

@@ -52,6 +52,7 @@ class DenoiserPretrainModule(LightningModule):
     ):
         super().__init__()
         reject_removed(lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps, schedule=schedule)
+        self.save_hyperparameters(ignore=["denoiser", "optimizer", "lr_scheduler"])
         self.denoiser = denoiser
         self.optimizer, self.lr_scheduler = resolve(optimizer), resolve(lr_scheduler, "lr_scheduler")
         self.val_sigmas = [float(s) for s in val_sigmas]

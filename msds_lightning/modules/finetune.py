@@ -87,6 +87,7 @@ class DenoiserFinetuneModule(LightningModule):
     ):
         super().__init__()
         reject_removed(lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps, schedule=schedule)
+        self.save_hyperparameters(ignore=["denoiser", "classifier", "optimizer", "lr_scheduler"])
         if recoverable not in ("majority", "cascade"):
             raise ValueError(f"recoverable must be 'majority' or 'cascade', got {recoverable!r}")
         if anti_consistency not in ("off_class", "full"):

@@ -75,6 +75,7 @@ class IDCModule(LightningModule):
                        step_epochs=step_epochs, step_gamma=step_gamma)  # fmt: skip
         if cls_weight < 0:
             raise ValueError(f"cls_weight must be >= 0, got {cls_weight}")
+        self.save_hyperparameters(ignore=["idc", "optimizer", "lr_scheduler"])
         self.idc = idc
         self.cls_weight = float(cls_weight)
         self.optimizer, self.lr_scheduler = resolve(optimizer), resolve(lr_scheduler, "lr_scheduler")
