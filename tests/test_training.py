@@ -296,3 +296,33 @@ def test_finetuning_and_certification_share_one_classifier(dataset, monkeypatch)
     assert {k: tuned["init_args"][k] for k in shared["init_args"]} == shared["init_args"]
     for config in ("finetune_msds.yaml", "certify_msds.yaml"):  # by reference, not by a copy that can drift
         assert "classifier: classifier.yaml" in (folder / config).read_text()
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "imagenet"])
+def test_sigma_variants_are_certify_dds_with_two_keys_changed(dataset, monkeypatch):
+    """`certify_dds_sigma0.50.yaml` includes `certify_dds.yaml` and overrides sigma and the output: one `-c`
+    that resolves to the base config with exactly those two values changed; shared denoisers are named."""
+    from lightning.pytorch.cli import LightningCLI
+
+    from msds_lightning.cli import _certify_arguments, _lightning_cli
+    from msds_lightning.modules import CertifyModule
+
+    monkeypatch.setattr(LightningCLI, "instantiate_classes", lambda self: None)  # parse only: no weights here
+    folder = REPO / "configs" / dataset
+
+    def config(name):
+        cli = _lightning_cli(CertifyModule, ["-c", str(folder / name)], "msds", add_arguments=_certify_arguments,
+                             save_config_callback=None)  # fmt: skip
+        out = cli.config.clone()
+        out.pop("config", None)
+        return out.as_dict()
+
+    base = config("certify_dds.yaml")
+    assert base["model"]["denoiser"]["class_path"] == "msds_lightning.models.DiffusionDenoiser.from_pretrained"
+    assert "../components/denoisers/" in (folder / "certify_dds.yaml").read_text()
+    for sigma, suffix in [(0.5, "0.50"), (1.0, "1.00")]:
+        variant = config(f"certify_dds_sigma{suffix}.yaml")
+        assert variant["model"].pop("sigma") == sigma and base["model"]["sigma"] == 0.25
+        assert variant["results"].pop("output") == f"outputs/{dataset}/dds_sigma{suffix}.tsv"
+        assert variant == {**base, "model": {k: v for k, v in base["model"].items() if k != "sigma"},
+                           "results": {k: v for k, v in base["results"].items() if k != "output"}}  # fmt: skip
