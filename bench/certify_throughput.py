@@ -24,14 +24,17 @@ import platform
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from msds_lightning.convert import KINDS
 from msds_lightning.models import Classifier, DenoiseAndClassify, DiffusionDenoiser
-from msds_lightning.models.tiny import tiny_classifier, tiny_denoiser
 from msds_lightning.smoothing import SmoothingEngine, clopper_pearson_lower
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for tests.tiny_models
+from tests.tiny_models import tiny_classifier, tiny_denoiser  # noqa: E402
 
 SIGMA, ALPHA, N0 = 0.25, 0.001, 100
 DEMO_UNET = dict(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(16, 32), layers_per_block=1,

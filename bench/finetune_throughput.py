@@ -10,14 +10,18 @@ costs one UNet call per image. Prints images/s for each and their ratio.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import torch
 
 from msds_lightning.convert import KINDS
 from msds_lightning.models import Classifier, DiffusionDenoiser
-from msds_lightning.models.tiny import COSINE_SCHEDULE, tiny_classifier, tiny_unet_config
 from msds_lightning.modules import DenoiserFinetuneModule
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for tests.tiny_models
+from tests.tiny_models import COSINE_SCHEDULE, tiny_classifier, tiny_unet_config  # noqa: E402
 
 
 def timed(step, steps: int, device) -> float:

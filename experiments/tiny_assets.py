@@ -10,12 +10,13 @@ it shows every stage â€” config, data, denoise, classify, certify, TSV, table â€
 """
 
 import argparse
+import sys
 from pathlib import Path
 
 from safetensors.torch import save_file
 
-from msds_lightning.data.fake import write_fake_cifar10
-from msds_lightning.models.tiny import tiny_classifier, tiny_denoiser
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for tests.tiny_models
+from tests.tiny_models import tiny_classifier, tiny_denoiser, write_fake_cifar10  # noqa: E402
 
 
 def main():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import pytest
 import timm
@@ -43,14 +44,16 @@ def test_swish_wrns_have_the_reference_sizes():
 
 
 def test_onecycle_schedule_steps_per_epoch():
-    from msds_lightning.modules.optim import build_optimizer
+    from msds_lightning.modules.adversarial import AdversarialTrainingModule
+    from msds_lightning.modules.optim import configure
 
     class Module:
         class trainer:  # noqa: N801
             max_epochs = 400
 
     layer = torch.nn.Linear(2, 2)
-    out = build_optimizer(Module, layer.parameters(), "sgd", 0.2, 5e-4, schedule="onecycle")
+    defaults = AdversarialTrainingModule(layer)  # its default optimizer and schedule: SGD lr 0.2, one-cycle
+    out = configure(Module, layer.parameters(), defaults.optimizer, defaults.lr_scheduler)
     scheduler, opt = out["lr_scheduler"]["scheduler"], out["optimizer"]
     assert out["lr_scheduler"]["interval"] == "epoch"
     lrs = [opt.param_groups[0]["lr"]]
@@ -67,8 +70,8 @@ def test_batchnorm_parameters_get_no_weight_decay():
     from msds_lightning.modules.adversarial import AdversarialTrainingModule
 
     classifier = Classifier("wrn16_4_swish", 10, mean=[0.5] * 3, std=[0.5] * 3)
-    module = AdversarialTrainingModule(classifier, schedule="constant")
-    groups = module.configure_optimizers()["optimizer"].param_groups
+    module = AdversarialTrainingModule(classifier, lr_scheduler=None)
+    groups = module.configure_optimizers().param_groups
     bn = {id(p) for m in classifier.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters()}
     assert {id(p) for p in groups[1]["params"]} == bn and groups[1]["weight_decay"] == 0.0
     assert groups[0]["weight_decay"] == 5e-4 and not bn & {id(p) for p in groups[0]["params"]}
@@ -89,7 +92,8 @@ def test_short_adversarial_run_on_digits(method, tmp_path):
     )
     export = tmp_path / "adv.safetensors"
     module = AdversarialTrainingModule(classifier, method=method, eps=0.1, attack_steps=3, attack_step_size=0.04,
-                                       val_attack_steps=3, lr=0.05, export_path=str(export))  # fmt: skip
+                                       val_attack_steps=3, export_path=str(export),
+                                       optimizer=partial(torch.optim.SGD, lr=0.05, momentum=0.9, weight_decay=5e-4, nesterov=True))  # fmt: skip
     data = DigitsDataModule(image_size=8, channels=1, batch_size=128)
     trainer = Trainer(accelerator="cpu", max_epochs=2, limit_train_batches=3, limit_val_batches=2, logger=False,
                       enable_checkpointing=False, enable_progress_bar=False, inference_mode=False)  # fmt: skip

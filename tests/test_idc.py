@@ -280,7 +280,7 @@ def overfit_idc():
     torch.manual_seed(0)
     x, y = torch.rand(8, 3, 8, 8), torch.arange(8) % 4
     module = IDCModule(
-        IDCClassifier.from_config(tiny_unet(channels=3), num_classes=4), lr_schedule="constant"
+        IDCClassifier.from_config(tiny_unet(channels=3), num_classes=4), lr_scheduler=None
     )
     optimizer = torch.optim.Adam(module.parameters(), lr=5e-3)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, 400)
@@ -321,14 +321,14 @@ def test_eot_attack_moves_accuracy(overfit_idc):
 
 def test_training_module_losses_and_validation_metric():
     torch.manual_seed(0)
-    module = IDCModule(IDCClassifier.from_config(tiny_unet(), num_classes=3), lr_schedule="plateau")
+    module = IDCModule(IDCClassifier.from_config(tiny_unet(), num_classes=3))
     x, y = torch.rand(6, 1, 8, 8), torch.tensor([0, 1, 2, 0, 1, 2])
     parts = module.bridge_losses(x, y)
     assert float(parts["loss"]) == pytest.approx(float(parts["l1"] - 0.2 * parts["cls_term"]), abs=1e-6)
     assert 0.0 <= float(parts["cls_active"]) <= 1.0
     with pytest.raises(ValueError, match="out of range"):
         module.bridge_losses(x, torch.tensor([0, 1, 2, 3, 1, 2]))
-    with pytest.raises(ValueError, match="lr_schedule"):
+    with pytest.raises(ValueError, match="model.lr_schedule was replaced by model.lr_scheduler"):
         IDCModule(module.idc, lr_schedule="cosine")
 
 
@@ -425,7 +425,12 @@ def test_cifar_configs_build_the_papers_setup(config, unet, classes, schedule, f
     model = cli.model
     assert tuple(model.idc.unet.config.block_out_channels) == unet and model.idc.num_classes == classes
     assert model.idc.steps == [3, 1, 1, 0] and model.idc.eta == 1.0 and model.idc.tau == 0.1
-    assert (model.lr, model.cls_weight, model.lr_schedule) == (1e-4, 0.2, schedule)
+    configured = model.configure_optimizers()
+    optimizer, scheduler = configured["optimizer"], configured["lr_scheduler"]
+    assert type(optimizer) is torch.optim.Adam and model.cls_weight == 0.2
+    assert (optimizer.param_groups[0]["lr"], optimizer.param_groups[0]["betas"]) == (1e-4, (0.9, 0.999))
+    assert type(scheduler["scheduler"]).__name__ == {"plateau": "ReduceLROnPlateau", "step": "StepLR"}[schedule]
+    assert scheduler["interval"] == {"plateau": "step", "step": "epoch"}[schedule]
     assert cli.trainer.accumulate_grad_batches == 2
     ema = next(c for c in cli.trainer.callbacks if isinstance(c, CopyThenEMAWeightAveraging))
     assert (ema.copy_before_step, ema.update_every_n_steps) == (15000, 8)

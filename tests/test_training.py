@@ -4,6 +4,7 @@ classifier stays frozen; LoRA trains adapters only; exports load in `msds certif
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -98,6 +99,9 @@ def test_finetune_resume_continues_step_count(assets, tmp_path, monkeypatch):
     last = tmp_path / "outputs/cifar10/finetune_msds/checkpoints/last.ckpt"
     first = torch.load(last, weights_only=True, map_location="cpu")
     assert first["global_step"] == 2
+    hparams = first["hyper_parameters"]  # plain data: the module's arguments, not its networks or callables
+    assert hparams["num_noise_samples"] == 2 and hparams["export_dir"] == str(tmp_path / "exported")
+    assert not {"denoiser", "classifier", "optimizer", "lr_scheduler"} & set(hparams)
     assert main(["finetune", *common, "--trainer.max_steps=4", "--ckpt_path=last"]) == 0
     second = torch.load(last, weights_only=True, map_location="cpu")
     assert second["global_step"] == 4
@@ -125,8 +129,22 @@ def fit(module, steps, data):
     return module
 
 
+def test_modules_save_their_plain_arguments(tmp_path):
+    from msds_lightning.modules import AdversarialTrainingModule
+
+    modules = [DenoiserPretrainModule(tiny_denoiser(), val_sigmas=[0.25]), ClassifierModule(tiny_classifier(), 10),
+               AdversarialTrainingModule(tiny_classifier(), beta=3.0), finetune_module(lambda_ac=0.5)]  # fmt: skip
+    for module in modules:
+        hparams = dict(module.hparams)
+        assert hparams and not {"denoiser", "classifier", "optimizer", "lr_scheduler"} & set(hparams)
+        torch.save(hparams, tmp_path / "h.pt")
+        assert torch.load(tmp_path / "h.pt", weights_only=True) == hparams
+    assert modules[0].hparams["val_sigmas"] == [0.25] and modules[1].hparams["num_classes"] == 10
+    assert modules[2].hparams["beta"] == 3.0 and modules[3].hparams["lambda_ac"] == 0.5
+
+
 def test_pretrain_loss_decreases_when_overfitting():
-    module = DenoiserPretrainModule(tiny_denoiser(), lr=5e-3)
+    module = DenoiserPretrainModule(tiny_denoiser(), optimizer=partial(torch.optim.AdamW, lr=5e-3, weight_decay=0.0))
     data = loader()
     x = next(iter(data))[0]
     g = torch.Generator().manual_seed(0)
@@ -138,13 +156,17 @@ def test_pretrain_loss_decreases_when_overfitting():
 
 
 def test_classifier_loss_decreases_when_overfitting():
-    module = ClassifierModule(tiny_classifier(), 10, optimizer="adamw", lr=3e-3, weight_decay=0.0)
+    module = ClassifierModule(tiny_classifier(), 10, optimizer=partial(torch.optim.AdamW, lr=3e-3, weight_decay=0.0))
     data = loader(n=16, batch_size=16)
     x, y, _ = next(iter(data))
     before = torch.nn.functional.cross_entropy(module.classifier.eval()(x), y).item()
     fit(module, 40, data)
     after = torch.nn.functional.cross_entropy(module.classifier.eval()(x), y).item()
     assert after < 0.5 * before
+
+
+def adamw(lr):
+    return partial(torch.optim.AdamW, lr=lr, weight_decay=0.0)
 
 
 def finetune_module(**kwargs):
@@ -161,7 +183,7 @@ def objective_at_fixed_noise(module, x, y):
 
 
 def test_finetune_loss_decreases_classifier_frozen_unet_trained():
-    module = finetune_module(lr=3e-3)
+    module = finetune_module(optimizer=adamw(3e-3))
     data = loader()
     x, y, _ = next(iter(data))
     classifier_before = {k: v.clone() for k, v in module.classifier.state_dict().items()}
@@ -219,7 +241,7 @@ def test_cascade_recoverability_is_the_default_and_answers_strictly_above_p0():
 
 
 def test_lora_trains_only_adapters_and_exports_merged(tmp_path):
-    module = finetune_module(lr=1e-2, lora={"r": 4}, export_dir=str(tmp_path / "exported"))
+    module = finetune_module(optimizer=adamw(1e-2), lora={"r": 4}, export_dir=str(tmp_path / "exported"))
     base_before = {k: v.clone() for k, v in module.denoiser.unet.state_dict().items() if "lora_" not in k}
     lora_before = {k: v.clone() for k, v in module.denoiser.unet.state_dict().items() if "lora_" in k}
     assert lora_before and all(
@@ -275,3 +297,33 @@ def test_finetuning_and_certification_share_one_classifier(dataset, monkeypatch)
     assert {k: tuned["init_args"][k] for k in shared["init_args"]} == shared["init_args"]
     for config in ("finetune_msds.yaml", "certify_msds.yaml"):  # by reference, not by a copy that can drift
         assert "classifier: classifier.yaml" in (folder / config).read_text()
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "imagenet"])
+def test_sigma_variants_are_certify_dds_with_two_keys_changed(dataset, monkeypatch):
+    """`certify_dds_sigma0.50.yaml` includes `certify_dds.yaml` and overrides sigma and the output: one `-c`
+    that resolves to the base config with exactly those two values changed; shared denoisers are named."""
+    from lightning.pytorch.cli import LightningCLI
+
+    from msds_lightning.cli import _certify_arguments, _lightning_cli
+    from msds_lightning.modules import CertifyModule
+
+    monkeypatch.setattr(LightningCLI, "instantiate_classes", lambda self: None)  # parse only: no weights here
+    folder = REPO / "configs" / dataset
+
+    def config(name):
+        cli = _lightning_cli(CertifyModule, ["-c", str(folder / name)], "msds", add_arguments=_certify_arguments,
+                             save_config_callback=None)  # fmt: skip
+        out = cli.config.clone()
+        out.pop("config", None)
+        return out.as_dict()
+
+    base = config("certify_dds.yaml")
+    assert base["model"]["denoiser"]["class_path"] == "msds_lightning.models.DiffusionDenoiser.from_pretrained"
+    assert "../components/denoisers/" in (folder / "certify_dds.yaml").read_text()
+    for sigma, suffix in [(0.5, "0.50"), (1.0, "1.00")]:
+        variant = config(f"certify_dds_sigma{suffix}.yaml")
+        assert variant["model"].pop("sigma") == sigma and base["model"]["sigma"] == 0.25
+        assert variant["results"].pop("output") == f"outputs/{dataset}/dds_sigma{suffix}.tsv"
+        assert variant == {**base, "model": {k: v for k, v in base["model"].items() if k != "sigma"},
+                           "results": {k: v for k, v in base["results"].items() if k != "output"}}  # fmt: skip

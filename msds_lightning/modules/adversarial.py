@@ -17,12 +17,17 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torchmetrics.classification import MulticlassAccuracy
 
 from ..losses import trades_kl, trades_loss
 from ..robustness.attacks import frozen_batchnorm, pgd
 from .classifier_train import ClassifierModule
-from .optim import build_optimizer
+from .optim import configure, reject_removed, spec
+
+# defaults (the paper): SGD + Nesterov lr 0.2, momentum 0.9, weight decay 5e-4; one cycle over the epochs
+OPTIMIZER = spec("torch.optim.SGD", lr=0.2, momentum=0.9, weight_decay=5e-4, nesterov=True)
+LR_SCHEDULER = spec("msds_lightning.modules.optim.EpochOneCycleLR", pct_start=0.025)
 
 METHODS = ("trades", "pgd")
 
@@ -36,8 +41,11 @@ class AdversarialTrainingModule(ClassifierModule):
     :param beta: TRADES weight of the KL term (5 for l∞ in the paper)
     :param label_smoothing: on the natural cross-entropy (0.1 in the paper)
     :param val_attack_steps: PGD steps (margin loss) of the validation attack used to select checkpoints
-    :param optimizer, lr, weight_decay, momentum, warmup_steps, schedule: SGD + Nesterov, lr 0.2, wd 5e-4,
-        ``onecycle`` in the paper; BatchNorm parameters get no weight decay
+    :param optimizer: SGD + Nesterov, lr 0.2, momentum 0.9, weight decay 5e-4 as in the paper; BatchNorm
+        parameters get no weight decay
+    :param lr_scheduler: :class:`~.optim.EpochOneCycleLR` (one-cycle over ``trainer.max_epochs``) as in the paper
+    :param lr, weight_decay, momentum, warmup_steps, schedule: removed (now in ``optimizer`` /
+        ``lr_scheduler``); setting one is an error naming its new key
     :param export_path: write the (EMA, with ``EMAWeightAveraging``) weights here at the end of training
     """
 
@@ -53,18 +61,20 @@ class AdversarialTrainingModule(ClassifierModule):
         beta: float = 5.0,
         label_smoothing: float = 0.1,
         val_attack_steps: int = 10,
-        optimizer: str = "sgd",
-        lr: float = 0.2,
-        weight_decay: float = 5e-4,
-        momentum: float = 0.9,
-        warmup_steps: int = 0,
-        schedule: str = "onecycle",
+        optimizer: OptimizerCallable | str = OPTIMIZER,
+        lr_scheduler: LRSchedulerCallable | None = LR_SCHEDULER,
         export_path: str | None = None,
+        *,
+        lr: float | None = None,
+        weight_decay: float | None = None,
+        momentum: float | None = None,
+        warmup_steps: int | None = None,
+        schedule: str | None = None,
     ):
-        super().__init__(
-            classifier, num_classes, 0.0, label_smoothing, optimizer, lr, weight_decay, momentum, warmup_steps,
-            schedule, export_path,
-        )  # fmt: skip
+        reject_removed(lr=lr, weight_decay=weight_decay, momentum=momentum, warmup_steps=warmup_steps,
+                       schedule=schedule)  # fmt: skip
+        super().__init__(classifier, num_classes, 0.0, label_smoothing, optimizer, lr_scheduler, export_path)
+        self.save_hyperparameters(ignore=["classifier", "optimizer", "lr_scheduler"])
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         if norm not in ("linf", "l2"):
@@ -123,4 +133,4 @@ class AdversarialTrainingModule(ClassifierModule):
             for p in module.parameters(recurse=False):
                 (no_decay if is_norm else decay).append(p)
         groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
-        return build_optimizer(self, groups, **self.optim)
+        return configure(self, groups, self.optimizer, self.lr_scheduler)

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from safetensors.torch import save_file
 from torchmetrics.classification import MulticlassAccuracy
@@ -15,15 +16,21 @@ from torchmetrics.classification import MulticlassAccuracy
 from ..models import Classifier
 from ..runs import honour_umask
 from ..smoothing.checks import check_num_classes
-from .optim import build_optimizer
+from .optim import configure, reject_removed, resolve, spec
 
+# defaults: SGD + Nesterov lr 0.1, momentum 0.9, weight decay 5e-4; cosine decay to zero over the run
+OPTIMIZER = spec("torch.optim.SGD", lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True)
+LR_SCHEDULER = spec("msds_lightning.modules.optim.WarmupLR", warmup_steps=0, decay="cosine")
 
 class ClassifierModule(LightningModule):
     """:param classifier: a :class:`Classifier` (timm model, [0,1] pixels in, logits out)
     :param num_classes: number of classes
     :param noise_sigma: std (in [0,1] pixel units) of Gaussian noise added to training inputs; 0 = clean
     :param label_smoothing: cross-entropy label smoothing
-    :param optimizer, lr, weight_decay, momentum, warmup_steps, schedule: optimisation
+    :param optimizer: default SGD + Nesterov, lr 0.1, momentum 0.9, weight decay 5e-4
+    :param lr_scheduler: default :class:`~.optim.WarmupLR` with cosine decay to zero, no warm-up
+    :param lr, weight_decay, momentum, warmup_steps, schedule: removed (now in ``optimizer`` /
+        ``lr_scheduler``); setting one is an error naming its new key
     :param export_path: at the end of training, write the timm model's weights (safetensors) here; load
         them with ``Classifier(model_name, num_classes, checkpoint=export_path)``. With the
         ``EMAWeightAveraging`` callback these are the EMA weights.
@@ -35,15 +42,21 @@ class ClassifierModule(LightningModule):
         num_classes: int = 10,
         noise_sigma: float = 0.0,
         label_smoothing: float = 0.0,
-        optimizer: str = "sgd",
-        lr: float = 0.1,
-        weight_decay: float = 5e-4,
-        momentum: float = 0.9,
-        warmup_steps: int = 0,
-        schedule: str = "cosine",
+        optimizer: OptimizerCallable | str = OPTIMIZER,
+        lr_scheduler: LRSchedulerCallable | None = LR_SCHEDULER,
         export_path: str | None = None,
+        *,
+        lr: float | None = None,
+        weight_decay: float | None = None,
+        momentum: float | None = None,
+        warmup_steps: int | None = None,
+        schedule: str | None = None,
     ):
         super().__init__()
+        reject_removed(lr=lr, weight_decay=weight_decay, momentum=momentum, warmup_steps=warmup_steps,
+                       schedule=schedule)  # fmt: skip
+        if type(self).__init__ is ClassifierModule.__init__:  # a subclass saves its own (fuller) arguments
+            self.save_hyperparameters(ignore=["classifier", "optimizer", "lr_scheduler"])
         if noise_sigma < 0:
             raise ValueError(f"noise_sigma must be >= 0 ([0,1] pixel units), got {noise_sigma}")
         if not 0 <= label_smoothing < 1:
@@ -51,8 +64,7 @@ class ClassifierModule(LightningModule):
         self.classifier = classifier
         self.num_classes = check_num_classes(num_classes)
         self.noise_sigma, self.label_smoothing = float(noise_sigma), float(label_smoothing)
-        self.optim = dict(optimizer=optimizer, lr=lr, weight_decay=weight_decay, momentum=momentum,
-                          warmup_steps=warmup_steps, schedule=schedule)  # fmt: skip
+        self.optimizer, self.lr_scheduler = resolve(optimizer), resolve(lr_scheduler, "lr_scheduler")
         self.export_path = export_path
         self.train_acc = MulticlassAccuracy(num_classes)
         self.val_acc = MulticlassAccuracy(num_classes)
@@ -85,7 +97,7 @@ class ClassifierModule(LightningModule):
             self.log(f"val/acc@sigma{self.noise_sigma:g}", self.val_noisy_acc)
 
     def configure_optimizers(self):
-        return build_optimizer(self, self.classifier.parameters(), **self.optim)
+        return configure(self, self.classifier.parameters(), self.optimizer, self.lr_scheduler)
 
     def on_train_end(self):
         if self.export_path:

@@ -6,19 +6,26 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torchmetrics import MeanMetric
 from torchmetrics.image import PeakSignalNoiseRatio
 
 from ..models import DiffusionDenoiser
-from .optim import build_optimizer
+from .optim import configure, reject_removed, resolve, spec
 
+# defaults: AdamW lr 2e-4 without weight decay, constant lr
+OPTIMIZER = spec("torch.optim.AdamW", lr=2e-4, weight_decay=0.0)
+LR_SCHEDULER = spec("msds_lightning.modules.optim.WarmupLR", warmup_steps=0, decay="constant")
 
 class DenoiserPretrainModule(LightningModule):
     """Train ``denoiser.unet`` with the diffusion loss of its scheduler's prediction type.
 
     :param denoiser: the :class:`DiffusionDenoiser` to train (built with ``from_config`` for a fresh model)
-    :param lr, weight_decay, warmup_steps, schedule: AdamW settings (schedule: "constant" or "cosine")
+    :param optimizer: default AdamW, lr 2e-4, no weight decay; :param lr_scheduler: default
+        :class:`~.optim.WarmupLR` (constant, no warm-up; ``decay: cosine`` for cosine decay to zero)
+    :param lr, weight_decay, warmup_steps, schedule: removed (now in ``optimizer`` / ``lr_scheduler``);
+        setting one is an error naming its new key
     :param val_sigmas: σ (in [0,1] pixel units) at which validation reports one-shot denoising PSNR
     :param train_sigma_max: if set, train only timesteps up to the one of this σ — the noise levels
         one-shot denoised smoothing uses — instead of the whole schedule (the model is then a denoiser,
@@ -32,22 +39,22 @@ class DenoiserPretrainModule(LightningModule):
     def __init__(
         self,
         denoiser: DiffusionDenoiser,
-        lr: float = 2e-4,
-        weight_decay: float = 0.0,
-        warmup_steps: int = 0,
-        schedule: str = "constant",
+        optimizer: OptimizerCallable | str = OPTIMIZER,
+        lr_scheduler: LRSchedulerCallable | None = LR_SCHEDULER,
         val_sigmas: list[float] = [0.25, 0.5],  # noqa: B006 (jsonargparse needs a concrete default)
         export_dir: str | None = None,
         train_sigma_max: float | None = None,
+        *,
+        lr: float | None = None,
+        weight_decay: float | None = None,
+        warmup_steps: int | None = None,
+        schedule: str | None = None,
     ):
         super().__init__()
+        reject_removed(lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps, schedule=schedule)
+        self.save_hyperparameters(ignore=["denoiser", "optimizer", "lr_scheduler"])
         self.denoiser = denoiser
-        self.lr, self.weight_decay, self.warmup_steps, self.schedule = (
-            lr,
-            weight_decay,
-            warmup_steps,
-            schedule,
-        )
+        self.optimizer, self.lr_scheduler = resolve(optimizer), resolve(lr_scheduler, "lr_scheduler")
         self.val_sigmas = [float(s) for s in val_sigmas]
         for s in self.val_sigmas:
             denoiser.timestep_for_sigma(s)  # reject unreachable σ up front
@@ -100,10 +107,7 @@ class DenoiserPretrainModule(LightningModule):
             psnr.reset()
 
     def configure_optimizers(self):
-        return build_optimizer(
-            self, self.denoiser.parameters(), "adamw", self.lr, self.weight_decay,
-            warmup_steps=self.warmup_steps, schedule=self.schedule,
-        )  # fmt: skip
+        return configure(self, self.denoiser.parameters(), self.optimizer, self.lr_scheduler)
 
     def on_train_end(self):
         if self.export_dir:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torchmetrics import MeanMetric
 
 from ..losses import majority_vote, msds_loss
@@ -29,10 +30,14 @@ from ..models import DiffusionDenoiser
 from ..models.lora import add_lora
 from ..smoothing.checks import check_count, check_num_classes, check_sigma
 from .denoiser_pretrain import export_denoiser
-from .optim import build_optimizer
+from .optim import configure, reject_removed, resolve, spec
 
 _LOGGED = ("loss", "brier", "anti_consistency", "diffusion_mse", "recoverable", "agreement", "vote_accuracy")
 
+
+# defaults: AdamW lr 1e-5 without weight decay, constant lr (a config sets both: model.optimizer, model.lr_scheduler)
+OPTIMIZER = spec("torch.optim.AdamW", lr=1e-5, weight_decay=0.0)
+LR_SCHEDULER = spec("msds_lightning.modules.optim.WarmupLR", warmup_steps=0, decay="constant")
 
 class DenoiserFinetuneModule(LightningModule):
     """:param denoiser: the pretrained :class:`DiffusionDenoiser` to fine-tune
@@ -49,6 +54,10 @@ class DenoiserFinetuneModule(LightningModule):
         strictly more than ``p0 · M`` copies (see :meth:`cascade_prediction` for why strictly)
     :param lora: LoRA adapters instead of full fine-tuning, e.g. ``{r: 8, alpha: 8}`` (peft; merged on export)
     :param gradient_checkpointing: trade compute for UNet activation memory
+    :param optimizer: the optimizer (default AdamW, lr 1e-5, no weight decay) of the denoiser's trainable
+        parameters; :param lr_scheduler: its schedule (default :class:`~.optim.WarmupLR`: constant, no warm-up)
+    :param lr, weight_decay, warmup_steps, schedule: removed (now in ``optimizer`` / ``lr_scheduler``);
+        setting one is an error naming its new key
     :param export_dir: ``save_pretrained`` the fine-tuned denoiser here at the end (EMA weights with the
         ``EMAWeightAveraging`` callback); ``msds certify`` loads that folder directly
     """
@@ -65,15 +74,20 @@ class DenoiserFinetuneModule(LightningModule):
         recoverable: str = "cascade",
         anti_consistency: str = "off_class",
         p0: float = 0.5,
-        lr: float = 1e-5,
-        weight_decay: float = 0.0,
-        warmup_steps: int = 0,
-        schedule: str = "constant",
+        optimizer: OptimizerCallable | str = OPTIMIZER,
+        lr_scheduler: LRSchedulerCallable | None = LR_SCHEDULER,
         lora: dict | None = None,
         gradient_checkpointing: bool = False,
         export_dir: str | None = None,
+        *,
+        lr: float | None = None,
+        weight_decay: float | None = None,
+        warmup_steps: int | None = None,
+        schedule: str | None = None,
     ):
         super().__init__()
+        reject_removed(lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps, schedule=schedule)
+        self.save_hyperparameters(ignore=["denoiser", "classifier", "optimizer", "lr_scheduler"])
         if recoverable not in ("majority", "cascade"):
             raise ValueError(f"recoverable must be 'majority' or 'cascade', got {recoverable!r}")
         if anti_consistency not in ("off_class", "full"):
@@ -87,8 +101,7 @@ class DenoiserFinetuneModule(LightningModule):
         self.num_noise_samples = check_count(num_noise_samples, "num_noise_samples")
         self.lambda_ac, self.lambda_dm, self.p0 = float(lambda_ac), float(lambda_dm), float(p0)
         self.recoverable, self.anti_consistency = recoverable, anti_consistency
-        self.optim = dict(optimizer="adamw", lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps,
-                          schedule=schedule)  # fmt: skip
+        self.optimizer, self.lr_scheduler = resolve(optimizer), resolve(lr_scheduler, "lr_scheduler")
         self.export_dir = export_dir
 
         self.denoiser = denoiser
@@ -180,7 +193,7 @@ class DenoiserFinetuneModule(LightningModule):
             metric.reset()
 
     def configure_optimizers(self):
-        return build_optimizer(self, self.denoiser.parameters(), **self.optim)
+        return configure(self, self.denoiser.parameters(), self.optimizer, self.lr_scheduler)
 
     def on_train_end(self):
         if self.export_dir:

@@ -20,24 +20,29 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from ..losses import bridge_classification_term, bridge_objective_distances
 from ..models.idc import IDCClassifier
+from .optim import configure, reject_removed, resolve, spec
 
-LR_SCHEDULES = ("plateau", "step", "constant")
-
+# defaults (the paper, CIFAR-10): Adam lr 1e-4; ReduceLROnPlateau on train/loss, stepped every optimizer step
+OPTIMIZER = spec("torch.optim.Adam", lr=1e-4, betas=(0.9, 0.999), weight_decay=0.0)
+LR_SCHEDULER = spec("torch.optim.lr_scheduler.ReduceLROnPlateau", mode="min", factor=0.5, patience=3000,
+                    threshold=1e-4, threshold_mode="rel", cooldown=3000, min_lr=5e-7)  # fmt: skip
 
 class IDCModule(LightningModule):
     """:param idc: the :class:`IDCClassifier` to train (``IDCClassifier.from_config`` for a fresh one)
     :param cls_weight: λ of the inter-class term (0.2)
-    :param lr, betas, weight_decay: Adam (1e-4, (0.9, 0.999), 0 in the paper)
-    :param lr_schedule: ``"plateau"`` (CIFAR-10: ReduceLROnPlateau on ``train/loss`` every optimizer step with
-        ``plateau_factor`` 0.5, ``plateau_patience`` 3000, ``plateau_threshold`` 1e-4 relative,
-        ``plateau_cooldown`` 3000, ``min_lr`` 5e-7), ``"step"`` (CIFAR-100: ×``step_gamma`` every
-        ``step_epochs`` epochs) or ``"constant"``
+    :param optimizer: Adam (lr 1e-4, betas (0.9, 0.999), weight decay 0 in the paper)
+    :param lr_scheduler: ``ReduceLROnPlateau`` (CIFAR-10, the default: on ``train/loss`` every optimizer step,
+        factor 0.5, patience 3000, threshold 1e-4 relative, cooldown 3000, min_lr 5e-7), ``StepLR``
+        (CIFAR-100: ×``gamma`` every ``step_size`` epochs) or null (constant)
+    :param lr, betas, weight_decay, lr_schedule, plateau_*, min_lr, step_epochs, step_gamma: removed (now in
+        ``optimizer`` / ``lr_scheduler``); setting one is an error naming its new key
     :param val_seed: seed of the validation sampler's noise (per batch: ``val_seed + batch_idx``)
     :param export_dir: ``save_pretrained`` the model here at the end of training (EMA weights with the EMA
         callback); ``msds attack --idc`` loads that folder
@@ -47,38 +52,34 @@ class IDCModule(LightningModule):
         self,
         idc: IDCClassifier,
         cls_weight: float = 0.2,
-        lr: float = 1e-4,
-        betas: tuple[float, float] = (0.9, 0.999),
-        weight_decay: float = 0.0,
-        lr_schedule: str = "plateau",
-        plateau_factor: float = 0.5,
-        plateau_patience: int = 3000,
-        plateau_threshold: float = 1e-4,
-        plateau_cooldown: int = 3000,
-        min_lr: float = 5e-7,
-        step_epochs: int = 500,
-        step_gamma: float = 0.5,
+        optimizer: OptimizerCallable | str = OPTIMIZER,
+        lr_scheduler: LRSchedulerCallable | None = LR_SCHEDULER,
         val_seed: int = 0,
         export_dir: str | None = None,
+        *,
+        lr: float | None = None,
+        betas: tuple[float, float] | None = None,
+        weight_decay: float | None = None,
+        lr_schedule: str | None = None,
+        plateau_factor: float | None = None,
+        plateau_patience: int | None = None,
+        plateau_threshold: float | None = None,
+        plateau_cooldown: int | None = None,
+        min_lr: float | None = None,
+        step_epochs: int | None = None,
+        step_gamma: float | None = None,
     ) -> None:
         super().__init__()
+        reject_removed(lr=lr, betas=betas, weight_decay=weight_decay, lr_schedule=lr_schedule,
+                       plateau_factor=plateau_factor, plateau_patience=plateau_patience,
+                       plateau_threshold=plateau_threshold, plateau_cooldown=plateau_cooldown, min_lr=min_lr,
+                       step_epochs=step_epochs, step_gamma=step_gamma)  # fmt: skip
         if cls_weight < 0:
             raise ValueError(f"cls_weight must be >= 0, got {cls_weight}")
-        if not lr > 0:
-            raise ValueError(f"lr must be > 0, got {lr}")
-        if lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
+        self.save_hyperparameters(ignore=["idc", "optimizer", "lr_scheduler"])
         self.idc = idc
-        self.cls_weight, self.lr, self.betas, self.weight_decay = (
-            float(cls_weight),
-            float(lr),
-            tuple(betas),
-            weight_decay,
-        )
-        self.lr_schedule = lr_schedule
-        self.plateau = dict(factor=plateau_factor, patience=plateau_patience, threshold=plateau_threshold,
-                            threshold_mode="rel", cooldown=plateau_cooldown, min_lr=min_lr)  # fmt: skip
-        self.step_epochs, self.step_gamma = int(step_epochs), float(step_gamma)
+        self.cls_weight = float(cls_weight)
+        self.optimizer, self.lr_scheduler = resolve(optimizer), resolve(lr_scheduler, "lr_scheduler")
         self.val_seed, self.export_dir = int(val_seed), export_dir
         self.val_loss = MeanMetric()
         self.val_acc = MulticlassAccuracy(idc.num_classes, average="micro")
@@ -120,23 +121,8 @@ class IDCModule(LightningModule):
         self.log("val/acc", self.val_acc, prog_bar=True)
 
     def configure_optimizers(self):
-        params = [p for p in self.idc.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(params, lr=self.lr, betas=self.betas, weight_decay=self.weight_decay)
-        if self.lr_schedule == "constant":
-            return optimizer
-        if self.lr_schedule == "step":
-            scheduler = torch.optim.lr_scheduler.StepLR(optimizer, self.step_epochs, self.step_gamma)
-            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", **self.plateau)
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {
-                "scheduler": scheduler,
-                "interval": "step",
-                "frequency": 1,
-                "monitor": "train/loss",
-            },
-        }
+        # ReduceLROnPlateau: stepped every optimizer step on train/loss; StepLR: every epoch (optim.configure)
+        return configure(self, self.idc.parameters(), self.optimizer, self.lr_scheduler)
 
     def on_train_end(self):
         if self.export_dir:
