@@ -136,11 +136,11 @@ def test_configs_keep_their_former_optimizer_settings(name, monkeypatch):
     from lightning.pytorch.cli import LightningCLI
 
     import msds_lightning.modules as modules
-    from msds_lightning.cli import _lightning_cli
+    from msds_lightning.cli.lightning import lightning_cli
 
     monkeypatch.setattr(LightningCLI, "instantiate_classes", lambda self: None)  # parse only
     module_class = getattr(modules, next(v for k, v in COMMANDS.items() if name.split("/")[1].startswith(k)))
-    config = _lightning_cli(module_class, ["-c", str(REPO / "configs" / f"{name}.yaml")], "msds").config.model
+    config = lightning_cli(module_class, ["-c", str(REPO / "configs" / f"{name}.yaml")], "msds").config.model
     optimizer, opt_args, scheduler, sched_args = FORMER[name]
     assert config.optimizer.class_path.rsplit(".", 1)[1] == optimizer
     assert {k: config.optimizer.init_args[k] for k in opt_args} == opt_args

@@ -305,14 +305,15 @@ def test_sigma_variants_are_certify_dds_with_two_keys_changed(dataset, monkeypat
     that resolves to the base config with exactly those two values changed; shared denoisers are named."""
     from lightning.pytorch.cli import LightningCLI
 
-    from msds_lightning.cli import _certify_arguments, _lightning_cli
+    from msds_lightning.cli.certify import certify_arguments
+    from msds_lightning.cli.lightning import lightning_cli
     from msds_lightning.modules import CertifyModule
 
     monkeypatch.setattr(LightningCLI, "instantiate_classes", lambda self: None)  # parse only: no weights here
     folder = REPO / "configs" / dataset
 
     def config(name):
-        cli = _lightning_cli(CertifyModule, ["-c", str(folder / name)], "msds", add_arguments=_certify_arguments,
+        cli = lightning_cli(CertifyModule, ["-c", str(folder / name)], "msds", add_arguments=certify_arguments,
                              save_config_callback=None)  # fmt: skip
         out = cli.config.clone()
         out.pop("config", None)
