@@ -23,7 +23,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from ..losses import trades_kl, trades_loss
 from ..robustness.attacks import frozen_batchnorm, pgd
 from .classifier_train import ClassifierModule
-from .optim import configure, reject_removed, spec
+from .optim import configure, spec
 
 # defaults (the paper): SGD + Nesterov lr 0.2, momentum 0.9, weight decay 5e-4; one cycle over the epochs
 OPTIMIZER = spec("torch.optim.SGD", lr=0.2, momentum=0.9, weight_decay=5e-4, nesterov=True)
@@ -64,16 +64,9 @@ class AdversarialTrainingModule(ClassifierModule):
         optimizer: OptimizerCallable | str = OPTIMIZER,
         lr_scheduler: LRSchedulerCallable | None = LR_SCHEDULER,
         export_path: str | None = None,
-        *,
-        lr: float | None = None,
-        weight_decay: float | None = None,
-        momentum: float | None = None,
-        warmup_steps: int | None = None,
-        schedule: str | None = None,
+        **removed,
     ):
-        reject_removed(lr=lr, weight_decay=weight_decay, momentum=momentum, warmup_steps=warmup_steps,
-                       schedule=schedule)  # fmt: skip
-        super().__init__(classifier, num_classes, 0.0, label_smoothing, optimizer, lr_scheduler, export_path)
+        super().__init__(classifier, num_classes, 0.0, label_smoothing, optimizer, lr_scheduler, export_path, **removed)
         self.save_hyperparameters(ignore=["classifier", "optimizer", "lr_scheduler"])
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from safetensors.torch import save_file
@@ -16,13 +15,13 @@ from torchmetrics.classification import MulticlassAccuracy
 from ..models import Classifier
 from ..runs import honour_umask
 from ..smoothing.checks import check_num_classes
-from .optim import configure, reject_removed, resolve, spec
+from .optim import TrainingModule, configure, spec
 
 # defaults: SGD + Nesterov lr 0.1, momentum 0.9, weight decay 5e-4; cosine decay to zero over the run
 OPTIMIZER = spec("torch.optim.SGD", lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True)
 LR_SCHEDULER = spec("msds_lightning.modules.optim.WarmupLR", warmup_steps=0, decay="cosine")
 
-class ClassifierModule(LightningModule):
+class ClassifierModule(TrainingModule):
     """:param classifier: a :class:`Classifier` (timm model, [0,1] pixels in, logits out)
     :param num_classes: number of classes
     :param noise_sigma: std (in [0,1] pixel units) of Gaussian noise added to training inputs; 0 = clean
@@ -45,16 +44,9 @@ class ClassifierModule(LightningModule):
         optimizer: OptimizerCallable | str = OPTIMIZER,
         lr_scheduler: LRSchedulerCallable | None = LR_SCHEDULER,
         export_path: str | None = None,
-        *,
-        lr: float | None = None,
-        weight_decay: float | None = None,
-        momentum: float | None = None,
-        warmup_steps: int | None = None,
-        schedule: str | None = None,
+        **removed,
     ):
-        super().__init__()
-        reject_removed(lr=lr, weight_decay=weight_decay, momentum=momentum, warmup_steps=warmup_steps,
-                       schedule=schedule)  # fmt: skip
+        super().__init__(optimizer, lr_scheduler, **removed)
         if type(self).__init__ is ClassifierModule.__init__:  # a subclass saves its own (fuller) arguments
             self.save_hyperparameters(ignore=["classifier", "optimizer", "lr_scheduler"])
         if noise_sigma < 0:
@@ -64,7 +56,6 @@ class ClassifierModule(LightningModule):
         self.classifier = classifier
         self.num_classes = check_num_classes(num_classes)
         self.noise_sigma, self.label_smoothing = float(noise_sigma), float(label_smoothing)
-        self.optimizer, self.lr_scheduler = resolve(optimizer), resolve(lr_scheduler, "lr_scheduler")
         self.export_path = export_path
         self.train_acc = MulticlassAccuracy(num_classes)
         self.val_acc = MulticlassAccuracy(num_classes)

@@ -5,20 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torchmetrics import MeanMetric
 from torchmetrics.image import PeakSignalNoiseRatio
 
 from ..models import DiffusionDenoiser
-from .optim import configure, reject_removed, resolve, spec
+from .optim import TrainingModule, configure, spec
 
 # defaults: AdamW lr 2e-4 without weight decay, constant lr
 OPTIMIZER = spec("torch.optim.AdamW", lr=2e-4, weight_decay=0.0)
 LR_SCHEDULER = spec("msds_lightning.modules.optim.WarmupLR", warmup_steps=0, decay="constant")
 
-class DenoiserPretrainModule(LightningModule):
+class DenoiserPretrainModule(TrainingModule):
     """Train ``denoiser.unet`` with the diffusion loss of its scheduler's prediction type.
 
     :param denoiser: the :class:`DiffusionDenoiser` to train (built with ``from_config`` for a fresh model)
@@ -44,17 +43,11 @@ class DenoiserPretrainModule(LightningModule):
         val_sigmas: list[float] = [0.25, 0.5],  # noqa: B006 (jsonargparse needs a concrete default)
         export_dir: str | None = None,
         train_sigma_max: float | None = None,
-        *,
-        lr: float | None = None,
-        weight_decay: float | None = None,
-        warmup_steps: int | None = None,
-        schedule: str | None = None,
+        **removed,
     ):
-        super().__init__()
-        reject_removed(lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps, schedule=schedule)
+        super().__init__(optimizer, lr_scheduler, **removed)
         self.save_hyperparameters(ignore=["denoiser", "optimizer", "lr_scheduler"])
         self.denoiser = denoiser
-        self.optimizer, self.lr_scheduler = resolve(optimizer), resolve(lr_scheduler, "lr_scheduler")
         self.val_sigmas = [float(s) for s in val_sigmas]
         for s in self.val_sigmas:
             denoiser.timestep_for_sigma(s)  # reject unreachable σ up front

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torchmetrics import MeanMetric
 
@@ -30,7 +29,7 @@ from ..models import DiffusionDenoiser
 from ..models.lora import add_lora
 from ..smoothing.checks import check_count, check_num_classes, check_sigma
 from .denoiser_pretrain import export_denoiser
-from .optim import configure, reject_removed, resolve, spec
+from .optim import TrainingModule, configure, spec
 
 _LOGGED = ("loss", "brier", "anti_consistency", "diffusion_mse", "recoverable", "agreement", "vote_accuracy")
 
@@ -39,7 +38,7 @@ _LOGGED = ("loss", "brier", "anti_consistency", "diffusion_mse", "recoverable", 
 OPTIMIZER = spec("torch.optim.AdamW", lr=1e-5, weight_decay=0.0)
 LR_SCHEDULER = spec("msds_lightning.modules.optim.WarmupLR", warmup_steps=0, decay="constant")
 
-class DenoiserFinetuneModule(LightningModule):
+class DenoiserFinetuneModule(TrainingModule):
     """:param denoiser: the pretrained :class:`DiffusionDenoiser` to fine-tune
     :param classifier: the base classifier ([0,1] pixels → logits); frozen (no gradients, eval mode)
     :param num_classes: number of classes
@@ -79,14 +78,9 @@ class DenoiserFinetuneModule(LightningModule):
         lora: dict | None = None,
         gradient_checkpointing: bool = False,
         export_dir: str | None = None,
-        *,
-        lr: float | None = None,
-        weight_decay: float | None = None,
-        warmup_steps: int | None = None,
-        schedule: str | None = None,
+        **removed,
     ):
-        super().__init__()
-        reject_removed(lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps, schedule=schedule)
+        super().__init__(optimizer, lr_scheduler, **removed)
         self.save_hyperparameters(ignore=["denoiser", "classifier", "optimizer", "lr_scheduler"])
         if recoverable not in ("majority", "cascade"):
             raise ValueError(f"recoverable must be 'majority' or 'cascade', got {recoverable!r}")
@@ -101,7 +95,6 @@ class DenoiserFinetuneModule(LightningModule):
         self.num_noise_samples = check_count(num_noise_samples, "num_noise_samples")
         self.lambda_ac, self.lambda_dm, self.p0 = float(lambda_ac), float(lambda_dm), float(p0)
         self.recoverable, self.anti_consistency = recoverable, anti_consistency
-        self.optimizer, self.lr_scheduler = resolve(optimizer), resolve(lr_scheduler, "lr_scheduler")
         self.export_dir = export_dir
 
         self.denoiser = denoiser

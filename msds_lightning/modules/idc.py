@@ -19,7 +19,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from torchmetrics import MeanMetric
@@ -27,14 +26,14 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from ..losses import bridge_classification_term, bridge_objective_distances
 from ..models.idc import IDCClassifier
-from .optim import configure, reject_removed, resolve, spec
+from .optim import TrainingModule, configure, spec
 
 # defaults (the paper, CIFAR-10): Adam lr 1e-4; ReduceLROnPlateau on train/loss, stepped every optimizer step
 OPTIMIZER = spec("torch.optim.Adam", lr=1e-4, betas=(0.9, 0.999), weight_decay=0.0)
 LR_SCHEDULER = spec("torch.optim.lr_scheduler.ReduceLROnPlateau", mode="min", factor=0.5, patience=3000,
                     threshold=1e-4, threshold_mode="rel", cooldown=3000, min_lr=5e-7)  # fmt: skip
 
-class IDCModule(LightningModule):
+class IDCModule(TrainingModule):
     """:param idc: the :class:`IDCClassifier` to train (``IDCClassifier.from_config`` for a fresh one)
     :param cls_weight: λ of the inter-class term (0.2)
     :param optimizer: Adam (lr 1e-4, betas (0.9, 0.999), weight decay 0 in the paper)
@@ -56,30 +55,14 @@ class IDCModule(LightningModule):
         lr_scheduler: LRSchedulerCallable | None = LR_SCHEDULER,
         val_seed: int = 0,
         export_dir: str | None = None,
-        *,
-        lr: float | None = None,
-        betas: tuple[float, float] | None = None,
-        weight_decay: float | None = None,
-        lr_schedule: str | None = None,
-        plateau_factor: float | None = None,
-        plateau_patience: int | None = None,
-        plateau_threshold: float | None = None,
-        plateau_cooldown: int | None = None,
-        min_lr: float | None = None,
-        step_epochs: int | None = None,
-        step_gamma: float | None = None,
+        **removed,
     ) -> None:
-        super().__init__()
-        reject_removed(lr=lr, betas=betas, weight_decay=weight_decay, lr_schedule=lr_schedule,
-                       plateau_factor=plateau_factor, plateau_patience=plateau_patience,
-                       plateau_threshold=plateau_threshold, plateau_cooldown=plateau_cooldown, min_lr=min_lr,
-                       step_epochs=step_epochs, step_gamma=step_gamma)  # fmt: skip
+        super().__init__(optimizer, lr_scheduler, **removed)
         if cls_weight < 0:
             raise ValueError(f"cls_weight must be >= 0, got {cls_weight}")
         self.save_hyperparameters(ignore=["idc", "optimizer", "lr_scheduler"])
         self.idc = idc
         self.cls_weight = float(cls_weight)
-        self.optimizer, self.lr_scheduler = resolve(optimizer), resolve(lr_scheduler, "lr_scheduler")
         self.val_seed, self.export_dir = int(val_seed), export_dir
         self.val_loss = MeanMetric()
         self.val_acc = MulticlassAccuracy(idc.num_classes, average="micro")

@@ -27,6 +27,7 @@ from functools import partial
 
 import torch
 from jsonargparse import Namespace
+from lightning.pytorch import LightningModule
 
 # The trainer of the module whose configure_optimizers is building a scheduler (see ``configure``).
 _TRAINER: ContextVar = ContextVar("msds_lightning_trainer", default=None)
@@ -184,3 +185,23 @@ def configure(module, params, optimizer, lr_scheduler):
     else:
         config = {"interval": getattr(scheduler, "interval", "epoch")}
     return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, **config}}
+
+
+class TrainingModule(LightningModule):
+    """Base of the training modules: the optimizer and lr schedule injected from the config (callables, see
+    above), and the keys they replaced, which are accepted only to fail with the key that replaced them
+    (:data:`REPLACED`). A subclass takes ``optimizer``/``lr_scheduler`` and ``**removed`` and passes them on;
+    its :meth:`configure_optimizers` is ``configure(self, params, self.optimizer, self.lr_scheduler)``."""
+
+    def __init__(
+        self, optimizer, lr_scheduler, *, lr: float | None = None, weight_decay: float | None = None,
+        momentum: float | None = None, betas: tuple[float, float] | None = None, warmup_steps: int | None = None,
+        schedule: str | None = None, lr_schedule: str | None = None, plateau_factor: float | None = None,
+        plateau_patience: int | None = None, plateau_threshold: float | None = None,
+        plateau_cooldown: int | None = None, min_lr: float | None = None, step_epochs: int | None = None,
+        step_gamma: float | None = None,
+    ) -> None:  # fmt: skip
+        super().__init__()
+        given = {k: v for k, v in locals().items() if k in REPLACED}
+        reject_removed(**given)
+        self.optimizer, self.lr_scheduler = resolve(optimizer), resolve(lr_scheduler, "lr_scheduler")
