@@ -244,8 +244,9 @@ class Engine:
                 if not pending:
                     break
             active = sorted(lower)
+        last = len(self.sigmas) - 1
         for k in active:  # every level proven below p0
-            results[k] = MultiScaleCertificate(ABSTAIN, 0.0, -1, len(self.sigmas) - 1, self.sigmas[-1], tuple(passed[k]))  # fmt: skip
+            results[k] = MultiScaleCertificate(ABSTAIN, 0.0, -1, last, self.sigmas[-1], tuple(passed[k]))
         return results
 
     def _decide(self, stage, sigma, selection, counts, alpha, passed, plan, checkpoint):
