@@ -6,7 +6,7 @@
 In one process, on the same models, inputs and N (n0 selection + n estimation samples per image):
 (a) reference: Cohen et al.'s loop, one image at a time, batches of min(batch, remaining) copies, noise
     from the global generator, counts copied to the host and tallied in Python every batch;
-(b) engine: ``SmoothingEngine.certify`` on all images at once (packing, per-image seeded noise, counts on
+(b) engine: ``Engine.certify`` on all images at once (packing, per-image seeded noise, counts on
     the device, one host copy per call, inference mode); (b') the same with ``compile=True`` (fixed
     shapes, last forward padded; compile time reported separately, not in samples/s); on a GPU also
     (b'') compile + bf16 autocast;
@@ -31,7 +31,7 @@ import torch
 
 from msds_lightning.convert import KINDS
 from msds_lightning.models import Classifier, DenoiseAndClassify, DiffusionDenoiser
-from msds_lightning.smoothing import SmoothingEngine, clopper_pearson_lower
+from msds_lightning.smoothing import Engine, clopper_pearson_lower
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for tests.tiny_models
 from tests.tiny_models import tiny_classifier, tiny_denoiser  # noqa: E402
@@ -102,17 +102,15 @@ def measure(size, images, n, batch, device, repeats=3) -> dict:
     f, shape = build(size, device)
     x = torch.rand(images, *shape, device=device)
     samples = images * (N0 + n)
-    engine = SmoothingEngine(f, 10, SIGMA, seed=0, batch_size=batch)
-    compiled = SmoothingEngine(f, 10, SIGMA, seed=0, batch_size=batch, compile=True)
+    engine = Engine(f, 10, SIGMA, seed=0, batch_size=batch)
+    compiled = Engine(f, 10, SIGMA, seed=0, batch_size=batch, compile=True)
     # warm-up (allocator, kernels) on one image; the first compiled call compiles
     reference_certify(f, x[0], 10, batch, batch)
     engine.certify(x[:1], [0], 10, batch, ALPHA)
     compile_seconds = timed(lambda: compiled.certify(x[:1], [0], 10, batch, ALPHA), device)
     variants = {"compiled": compiled}
     if device.type == "cuda":
-        variants["compiled_bf16"] = SmoothingEngine(
-            f, 10, SIGMA, batch_size=batch, compile=True, autocast="bf16"
-        )
+        variants["compiled_bf16"] = Engine(f, 10, SIGMA, batch_size=batch, compile=True, autocast="bf16")
         variants["compiled_bf16"].certify(x[:1], [0], 10, batch, ALPHA)
 
     inputs = torch.rand(batch, *shape, device=device)
@@ -148,7 +146,7 @@ def peak_memory(size: str, n: int, device: str) -> float:
     code = (
         "import resource, sys, torch, json; sys.path.insert(0, 'bench'); import certify_throughput as b;"
         f"d = torch.device('{device}'); f, s = b.build('{size}', d); x = torch.rand(1, *s, device=d);"
-        f"b.SmoothingEngine(f, 10, b.SIGMA, batch_size=1000).certify(x, [0], b.N0, {n}, b.ALPHA);"
+        f"b.Engine(f, 10, b.SIGMA, batch_size=1000).certify(x, [0], b.N0, {n}, b.ALPHA);"
         "m = torch.cuda.max_memory_allocated() / 2**20 if d.type == 'cuda' else "
         "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024; print(json.dumps(m))"
     )

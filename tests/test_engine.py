@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import pytest
@@ -142,3 +143,85 @@ def test_compiled_engine_counts_equal_eager():
     eager = SmoothingEngine(f, 3, 0.25, batch_size=128).certify(x, [0, 1, 2], 50, 300, 0.01)
     compiled = SmoothingEngine(f, 3, 0.25, batch_size=128, compile=True).certify(x, [0, 1, 2], 50, 300, 0.01)
     assert [(c.selected, c.n_a) for c in eager] == [(c.selected, c.n_a) for c in compiled]
+
+
+# --- one engine over a tuple of σ ---------------------------------------------------------------------
+# Certificates (prediction, radius, selected, n_a, n, p_lower) of SmoothingEngine(F, 10, 0.5, seed=5,
+# batch_size=64) on IMAGES, recorded before the single-σ and multi-σ engines became one.
+RECORDED_FIXED = [
+    (-1, 0.0, 6, 603, 2000, 0.2702495558158309),
+    (1, 0.22352784978129292, 1, 1410, 2000, 0.6725825780341764),
+    (7, 0.9990444667082888, 7, 1974, 2000, 0.9771464903469501),
+    (0, 1.350916479018628, 0, 2000, 2000, 0.9965520801347684),
+    (-1, 0.0, 6, 821, 2000, 0.3766054921854249),
+]
+RECORDED_ADAPTIVE = [  # sampling=AdaptiveSampling(first=200, radii=(0.0, 0.25, 0.5))
+    (-1, 0.0, 6, 64, 200, 0.20720239078251376),
+    (1, 0.2205918087584141, 1, 1410, 2000, 0.670459963835752),
+    (7, 0.71700962842016, 7, 197, 200, 0.9242166161974088),
+    (0, 0.8533370753975255, 0, 200, 200, 0.9560586828280303),
+    (-1, 0.0, 6, 72, 200, 0.24195510262323072),
+]
+
+
+def test_one_level_engine_reproduces_the_former_single_sigma_engine_bitwise():
+    from msds_lightning.smoothing import Engine, IgnoreSigma
+    from msds_lightning.smoothing.adaptive import AdaptiveSampling
+
+    adaptive = AdaptiveSampling(first=200, radii=(0.0, 0.25, 0.5))
+    for sampling, recorded in ((None, RECORDED_FIXED), (adaptive, RECORDED_ADAPTIVE)):
+        for engine in (
+            Engine(IgnoreSigma(F), 10, (0.5,), seed=5, batch_size=64, sampling=sampling),
+            Engine(IgnoreSigma(F), 10, 0.5, seed=5, batch_size=1000, sampling=sampling),
+            SmoothingEngine(F, 10, 0.5, seed=5, batch_size=64, sampling=sampling),
+        ):
+            certs = engine.certify(IMAGES, INDICES, 100, 2000, 0.001)
+            assert [dataclasses.astuple(c) for c in certs] == recorded
+
+
+def test_engine_takes_f_of_x_and_sigma_and_ignore_sigma_wraps_a_sigma_free_classifier():
+    from msds_lightning.smoothing import Engine, IgnoreSigma
+
+    seen = []
+
+    def f(x, sigma):
+        seen.append(sigma)
+        return F(x)
+
+    wrapped = IgnoreSigma(F)
+    x = IMAGES[:2]
+    assert torch.equal(wrapped(x, 0.25), F(x)) and torch.equal(wrapped(x), F(x))
+    a = Engine(f, 10, [0.5, 0.25], seed=1, batch_size=64).predict(IMAGES, INDICES, 300, 0.001)
+    b = Engine(wrapped, 10, [0.25, 0.5], seed=1, batch_size=64).predict(IMAGES, INDICES, 300, 0.001)
+    assert a == b and set(seen) <= {0.5, 0.25} and seen[0] == 0.5  # the highest σ first
+
+
+@pytest.mark.parametrize(
+    "sigmas,kwargs,word",
+    [(0, {}, "sigma must be finite and > 0"), (float("inf"), {}, "sigma must be finite"),
+     (True, {}, "sigma must be a positive number"), ([0.5, -1], {}, "sigmas must be finite"),
+     ([], {}, "non-empty"), ([0.5, 0.5], {}, "distinct"), ([0.5, 0.25], {"cascade": False}, "Cohen's rule"),
+     ([0.5], {"p0": 1.0}, "p0")],
+)  # fmt: skip
+def test_engine_rejects_invalid_sigma_with_a_clear_message(sigmas, kwargs, word):
+    from msds_lightning.smoothing import Engine, IgnoreSigma
+
+    with pytest.raises(ValueError, match=word):
+        Engine(IgnoreSigma(F), 10, sigmas, **kwargs)
+
+
+def test_sigma_is_checked_once_per_certifier(monkeypatch):
+    import msds_lightning.smoothing.engine as engine_module
+    from msds_lightning.modules.certify import CertifyModule
+
+    calls = []
+    check = engine_module.check_sigmas
+    monkeypatch.setattr(engine_module, "check_sigmas", lambda s: calls.append(s) or check(s))
+    module = CertifyModule(F, sigma=[0.25, 0.5], n=100)
+    assert calls == [[0.25, 0.5]] and module.sigmas == (0.5, 0.25) and module.engine.cascade
+    with pytest.raises(ValueError, match="sigma must be finite and > 0"):
+        CertifyModule(F, sigma=-0.25)
+    single = CertifyModule(F, sigma=0.25, n=100)
+    assert not single.engine.cascade and single.extra_columns[0] == "sigma"
+    assert CertifyModule(F, sigma=[0.25], n=100).engine.cascade  # a list, even of one σ, is a cascade
+    assert dict(single.hparams)["sigma"] == 0.25 and "classifier" not in single.hparams

@@ -6,7 +6,7 @@ classifier was trained with) and the m outputs are aggregated into one decision.
 
     DenoiseAndClassify(denoiser, LocalSmoothing(classifier, sigma=0.25, m=5))
 
-One Monte-Carlo sample of the outer smoothing (:class:`~msds_lightning.smoothing.SmoothingEngine`,
+One Monte-Carlo sample of the outer smoothing (:class:`~msds_lightning.smoothing.Engine`,
 ``msds certify``) is then one outer draw δ, one denoising and m classifier forwards, giving one vote.
 """
 

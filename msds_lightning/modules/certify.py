@@ -4,8 +4,9 @@
 padding, while the test/validate ``DistributedSampler`` pads with repeated images, which would certify
 some images twice and bias every number computed from the rows.
 
-Each predict step certifies one data-loader batch of images with :class:`SmoothingEngine` (noisy samples
-of several images per forward, per-image noise streams) and returns one row dict per image; the
+Each predict step certifies one data-loader batch of images with the batched
+:class:`~msds_lightning.smoothing.Engine` (noisy samples of several images per forward, per-image noise
+streams) and returns one row dict per image; the
 :class:`~msds_lightning.callbacks.CertificationWriter` callback writes them to per-rank shards and merges.
 """
 
@@ -17,16 +18,9 @@ import torch
 from lightning.pytorch import LightningModule
 
 from ..models import DenoiseAndClassify
-from ..smoothing import NOISE_BLOCK, MultiScaleEngine, SmoothingEngine
+from ..smoothing import NOISE_BLOCK, Engine, IgnoreSigma
 from ..smoothing.adaptive import AdaptiveSampling, check_sampling
-from ..smoothing.checks import (
-    check_alpha,
-    check_count,
-    check_num_classes,
-    check_p0,
-    check_sigma,
-    check_sigmas,
-)
+from ..smoothing.checks import check_alpha, check_count
 
 
 class CertifyModule(LightningModule):
@@ -48,9 +42,9 @@ class CertifyModule(LightningModule):
         batch sizes, the number of GPUs, or resumption
     :param noise_block: samples per RNG block (part of the reproducibility key; keep the default)
     :param compile: ``torch.compile`` the base classifier with fixed shapes (``True`` or a mode name;
-        ``"reduce-overhead"`` adds CUDA graphs); see :class:`SmoothingEngine`. For bf16/fp16 set the
-        trainer's ``precision: bf16-mixed`` (autocast around each step): certificates then hold for the
-        reduced-precision classifier and no longer match fp32 runs bitwise.
+        ``"reduce-overhead"`` adds CUDA graphs); see :class:`~msds_lightning.smoothing.Engine`. For bf16/fp16
+        set the trainer's ``precision: bf16-mixed`` (autocast around each step): certificates then hold for
+        the reduced-precision classifier and no longer match fp32 runs bitwise.
     :param sampling: ``"fixed"`` (n estimation samples per image and level, the field's procedure) or
         ``"adaptive"``: n becomes a budget; samples are checked at checkpoints ``first_checkpoint ×
         checkpoint_ratio^k`` (and n) with α split over them (union bound: the same 1 − α guarantee), and an
@@ -86,45 +80,38 @@ class CertifyModule(LightningModule):
         final_share: float = 0.5,
     ):
         super().__init__()
-        self.multiscale = isinstance(sigma, list | tuple)
-        self.sigmas = check_sigmas(sigma) if self.multiscale else (check_sigma(sigma),)
-        self.p0 = check_p0(p0)
+        # kept in ``self.hparams`` and checkpoints, not logged: the data module logs its own, and Lightning
+        # refuses to merge the two when a shared key (batch_size) differs
+        self.save_hyperparameters(ignore=["classifier", "denoiser"], logger=False)
         self.n0, self.n = check_count(n0, "n0"), check_count(n, "n")
         self.alpha = check_alpha(alpha)
-        self.num_classes = check_num_classes(num_classes)
         self.classifier = classifier
         self.denoiser = denoiser
-        if denoiser is not None:
-            self.base_classifier = DenoiseAndClassify(denoiser, classifier)
-            # fail now, not hours into a run, if the denoiser's schedule cannot reach a σ
-            if hasattr(denoiser, "timestep_for_sigma"):
-                for s in self.sigmas:
-                    denoiser.timestep_for_sigma(s)
-        else:
-            self.base_classifier = _IgnoreSigma(classifier)
+        # the base classifier f(x_noisy, σ): denoise at σ then classify, or classify x + δ as it is
+        self.base_classifier = (
+            IgnoreSigma(classifier) if denoiser is None else DenoiseAndClassify(denoiser, classifier)
+        )
         self.sampling = check_sampling(sampling)
         adaptive = AdaptiveSampling(
             first_checkpoint, checkpoint_ratio, final_share, tolerance, tuple(radii or ())
         )
-        options = dict(
-            seed=seed, batch_size=batch_size, noise_block=noise_block, compile=compile,
+        # a list of σ, even of one, is a cascade (its own rows); one number is Cohen's rule
+        self.engine = Engine(
+            self.base_classifier, num_classes, sigma, p0, cascade=isinstance(sigma, list | tuple), seed=seed,
+            batch_size=batch_size, noise_block=noise_block, compile=compile,
             sampling=adaptive if sampling == "adaptive" else None,
         )  # fmt: skip
-        if self.multiscale:
-            self.engine = MultiScaleEngine(
-                self.base_classifier, self.num_classes, self.sigmas, self.p0, **options
-            )
+        self.sigmas, self.p0, self.num_classes = self.engine.sigmas, self.engine.p0, self.engine.num_classes
+        if hasattr(denoiser, "timestep_for_sigma"):  # fail now, not hours into a run, if σ is out of reach
+            for s in self.sigmas:
+                denoiser.timestep_for_sigma(s)
+        if self.engine.cascade:
             per_level = [f"{name}@{s:g}" for s in self.sigmas for name in ("c", "nA", "N", "pL", "pU")]
             self.extra_columns = ("level", "sigma", "stage", "n0", "n", "p0", "samples", *per_level)
         else:
-            sigma = self.sigmas[0]
-            self.engine = SmoothingEngine(
-                _AtSigma(self.base_classifier, sigma), self.num_classes, sigma, **options
-            )
             self.extra_columns = ("sigma", "n0", "n", "nA", "pA_lower", "samples")
-        self.skip_indices: set[int] = (
-            set()
-        )  # finished images of an earlier, interrupted run (set by the writer)
+        # finished images of an earlier, interrupted run (set by the writer)
+        self.skip_indices: set[int] = set()
 
     def forward(self, x_noisy: torch.Tensor, sigma: float) -> torch.Tensor:
         return self.base_classifier(x_noisy, sigma)
@@ -143,7 +130,7 @@ class CertifyModule(LightningModule):
             row = dict(
                 idx=i, label=y, predict=c.prediction, radius=c.radius, seconds=seconds, n0=self.n0, n=self.n
             )
-            if self.multiscale:
+            if self.engine.cascade:
                 row.update(level=c.level, sigma=c.sigma if c.level >= 0 else 0.0, stage=c.stage, p0=self.p0,
                            samples=c.samples(self.n0))  # fmt: skip
                 visited = {r.sigma: r for r in c.levels}
@@ -156,25 +143,3 @@ class CertifyModule(LightningModule):
                 row.update(sigma=self.sigmas[0], n=c.n, nA=c.n_a, pA_lower=c.p_lower, samples=self.n0 + c.n)
             rows.append(row)
         return rows
-
-
-class _AtSigma(torch.nn.Module):
-    """``f(x_noisy)`` = ``base(x_noisy, sigma)`` at a fixed σ (the single-level engine's base classifier)."""
-
-    def __init__(self, base: torch.nn.Module, sigma: float):
-        super().__init__()
-        self.base, self.sigma = base, sigma
-
-    def forward(self, x_noisy: torch.Tensor) -> torch.Tensor:
-        return self.base(x_noisy, self.sigma)
-
-
-class _IgnoreSigma(torch.nn.Module):
-    """Plain Gaussian smoothing: the classifier sees x + δ directly, whatever σ."""
-
-    def __init__(self, classifier: torch.nn.Module):
-        super().__init__()
-        self.classifier = classifier
-
-    def forward(self, x_noisy: torch.Tensor, sigma: float | None = None) -> torch.Tensor:
-        return self.classifier(x_noisy)

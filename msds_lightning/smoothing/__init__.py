@@ -1,9 +1,12 @@
 """Randomized-smoothing certification core: pure torch + scipy/statsmodels, no Lightning.
 
 * :class:`Smooth` — Cohen et al.'s CERTIFY/PREDICT, same random stream as locuslab/smoothing.
-* :class:`SmoothingEngine` — batched, per-image-seeded certification for throughput and distributed runs.
-* :class:`MultiScaleSmooth` / :class:`MultiScaleEngine` — cascaded smoothing over several σ (MSDS).
-* :class:`AdaptiveSampling` — adaptive (sequential) sampling for both engines: same (1 − α) guarantee,
+* :class:`MultiScaleSmooth` — cascaded smoothing over several σ (MSDS), same stream as the official code.
+* :class:`Engine` — batched, per-image-seeded certification over one σ (Cohen's rule) or several (the
+  cascade), for throughput and distributed runs; base classifier ``f(x_noisy, sigma)``, and
+  :class:`IgnoreSigma` for a classifier without σ. ``SmoothingEngine`` (f(x), one σ) and
+  ``MultiScaleEngine`` are the former names, kept as thin subclasses.
+* :class:`AdaptiveSampling` — adaptive (sequential) sampling for the engine: same (1 − α) guarantee,
   far fewer samples (union bound over fixed checkpoints).
 * Clopper–Pearson bounds and the Gaussian radius in :mod:`.bounds`; the decisions' vocabulary
   (:class:`Outcome`, and ``ABSTAIN = -1`` for a prediction) in :mod:`.outcome`.
@@ -27,13 +30,15 @@ from .engine import (
     PREDICTION,
     SELECTION,
     AcceleratedForward,
+    Engine,
+    IgnoreSigma,
+    MultiScaleEngine,
     SmoothingEngine,
     noise_seed,
     sample_counts,
 )
 from .multiscale import (
     MultiScaleCertificate,
-    MultiScaleEngine,
     MultiScaleSmooth,
     off_class_upper_bound,
     pooled_categories,
@@ -47,6 +52,8 @@ __all__ = [
     "SequentialPlan",
     "Certificate",
     "ESTIMATION",
+    "Engine",
+    "IgnoreSigma",
     "NOISE_BLOCK",
     "Outcome",
     "PREDICTION",

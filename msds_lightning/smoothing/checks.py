@@ -75,10 +75,11 @@ def check_certify_call(
     )
 
 
-def check_sigmas(sigmas: Sequence[float]) -> tuple[float, ...]:
-    """Noise levels of a cascade ([0,1] pixel units, distinct, > 0), highest first (the visiting order)."""
-    if isinstance(sigmas, int | float):
-        sigmas = [sigmas]
+def check_sigmas(sigmas: float | Sequence[float]) -> tuple[float, ...]:
+    """One noise level, or the distinct levels of a cascade ([0,1] pixel units, > 0), highest first (the
+    visiting order). The certifiers check σ here, once, before any sample is drawn."""
+    if isinstance(sigmas, numbers.Real):
+        return (check_sigma(sigmas),)
     sigmas = [check_sigma(s, "sigmas") for s in sigmas]
     if not sigmas or len(set(sigmas)) != len(sigmas):
         raise ValueError(f"sigmas must be a non-empty list of distinct noise levels, got {sigmas}")

@@ -19,7 +19,7 @@ because they draw the same random numbers in the same order:
 
 The reference hard-codes ``device='cuda'``; this class uses ``x``'s device, which is the same stream when
 ``x`` lives on the GPU. For throughput (many images per forward, per-image noise streams independent of
-batch size and process count) use :class:`msds_lightning.smoothing.engine.SmoothingEngine`.
+batch size and process count) use :class:`msds_lightning.smoothing.engine.Engine`.
 
 Units: ``x`` is a single image [C,H,W] with pixels in [0,1]; σ and the radius are l2 distances in the
 same [0,1] pixel units. Normalisation belongs inside ``base_classifier`` (noise is added before it).
@@ -32,9 +32,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .bounds import binomial_test_pvalue, clopper_pearson_lower, gaussian_radius
+from .adaptive import SequentialPlan, fixed_plan
+from .bounds import binomial_test_pvalue, gaussian_radius
 from .checks import check_alpha, check_certify_call, check_count, check_images, check_num_classes, check_sigma
-from .outcome import ABSTAIN
+from .outcome import ABSTAIN, Outcome
 
 
 @dataclass(frozen=True)
@@ -58,13 +59,22 @@ class Certificate:
         return self.prediction == ABSTAIN
 
 
-def decide(selected: int, n_a: int, n: int, alpha: float, sigma: float) -> Certificate:
-    """Cohen's decision from counts: abstain if p_lower < 1/2, else certify radius σ·Φ⁻¹(p_lower).
+def decide(
+    selected: int, n_a: int, n: int, alpha: float, sigma: float,
+    plan: SequentialPlan | None = None, checkpoint: int = -1,
+) -> Certificate | None:  # fmt: skip
+    """Cohen's decision from counts (for :class:`Smooth` and the engine alike): abstain if p_lower < 1/2,
+    else certify radius σ·Φ⁻¹(p_lower).
 
-    Only a strict ``<`` abstains (p_lower == 1/2 certifies radius 0), as in the reference.
+    Only a strict ``<`` abstains (p_lower == 1/2 certifies radius 0), as in the reference. With an adaptive
+    ``plan``, n is the size of checkpoint ``checkpoint`` and its rules apply (:meth:`SequentialPlan.steps`:
+    bound at α_k, early certification or abstention); ``None`` then means "draw up to the next checkpoint".
     """
-    p_lower = clopper_pearson_lower(n_a, n, alpha)
-    if p_lower < 0.5:
+    plan = plan or fixed_plan(n, alpha)
+    outcome, p_lower = plan.step(checkpoint % len(plan.checkpoints), n_a, sigma)
+    if outcome == Outcome.CONTINUE:
+        return None
+    if outcome == Outcome.ABSTAIN:
         return Certificate(ABSTAIN, 0.0, selected, n_a, n, p_lower)
     return Certificate(selected, float(gaussian_radius(p_lower, sigma)), selected, n_a, n, p_lower)
 
@@ -154,3 +164,8 @@ def predict_from_counts(counts: np.ndarray, alpha: float) -> int:
     if binomial_test_pvalue(counts[top], counts[second]) > alpha:
         return ABSTAIN
     return top
+
+
+def _eval(module) -> None:
+    if isinstance(module, torch.nn.Module):
+        module.eval()

@@ -1,7 +1,7 @@
-"""Batched certification engine: many images × many noise samples per forward pass.
+"""Batched certification engine: many images × many noise samples per forward pass, over one σ or several.
 
-:class:`Smooth` reproduces the reference stream one image at a time. This engine is for throughput and
-for distributed, resumable runs:
+:class:`Smooth` and :class:`MultiScaleSmooth` reproduce the reference streams one image at a time. This
+engine is for throughput and for distributed, resumable runs:
 
 * samples of several images share one forward of up to ``batch_size`` noisy inputs;
 * class counts are accumulated on the device (``bincount``) and copied to the host once per call;
@@ -17,7 +17,9 @@ classifies each input independently of its batch-mates, i.e. in eval mode, up to
 of batched kernels, which can only matter for inputs on a decision boundary.)
 
 Streams: phase ``SELECTION`` (n0 draws that choose the class), ``ESTIMATION`` (n fresh draws that bound
-its probability) and ``PREDICTION``; multi-scale cascades add the level to the key.
+its probability) and ``PREDICTION``. The level of a cascade is *not* part of the key: every level draws
+the same δ (common random numbers), so level k's counts equal a one-σ run at σ_k with the same seed; each
+level's bound holds on its own, and the union bound over levels needs no independence between them.
 """
 
 from __future__ import annotations
@@ -27,10 +29,10 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from .adaptive import AdaptiveSampling
-from .bounds import gaussian_radius
-from .checks import check_alpha, check_count, check_images, check_num_classes, check_sigma
-from .core import ABSTAIN, Certificate, decide, predict_from_counts, predicted_labels
+from .adaptive import AdaptiveSampling, fixed_plan
+from .checks import check_alpha, check_count, check_images, check_num_classes, check_p0, check_sigmas
+from .core import ABSTAIN, Certificate, _eval, decide, predict_from_counts, predicted_labels
+from .multiscale import LevelRecord, MultiScaleCertificate, cascade_decision, cascade_prediction
 from .outcome import Outcome
 
 SELECTION, ESTIMATION, PREDICTION = 0, 1, 2
@@ -122,37 +124,49 @@ def sample_counts(
     return counts[:-1].view(count, num_classes)
 
 
-class SmoothingEngine:
-    """Certify or predict a batch of images with per-image, batch-size-independent noise streams.
+class Engine:
+    """Certify or predict a batch of images over one or several σ, with per-image noise streams.
 
-    :param base_classifier: maps [B,C,H,W] noisy [0,1]-pixel inputs to logits [B, num_classes]
+    :param base_classifier: ``f(x_noisy, sigma) -> logits [B, num_classes]`` for x_noisy [B,C,H,W] in [0,1]
+        pixel units (for denoised smoothing: denoise at σ, then classify); a classifier that ignores σ is
+        passed as ``IgnoreSigma(classifier)``
     :param num_classes: number of classes (>= 2)
-    :param sigma: noise std in [0,1] pixel units
+    :param sigmas: one noise std or several, in [0,1] pixel units (distinct, > 0; visited from the highest)
+    :param p0: the cascade's threshold on the top-class probability (0.5 in the paper)
+    :param cascade: the decision rule. ``False`` (the default for one σ): Cohen's rule, one
+        :class:`~.core.Certificate` per image. ``True`` (the default for several σ): the MSDS cascade of
+        :mod:`.multiscale`, one :class:`~.multiscale.MultiScaleCertificate` per image; images that answer
+        or abstain at a level are not sampled at lower ones. One level at p0 = 1/2 answers as Cohen's rule
+        with fixed sampling; with adaptive sampling Cohen's rule also abstains as soon as the budget cannot
+        certify, where a cascade level samples on until it is proven below p0.
     :param seed: run seed (>= 0); with the dataset index it keys every image's noise
     :param batch_size: noisy samples per forward pass
     :param noise_block: samples per RNG block (part of the reproducibility key; keep the default)
     :param compile: ``torch.compile`` the base classifier (``True`` or a mode, e.g. ``"reduce-overhead"``
         for CUDA graphs); every forward then has exactly ``batch_size`` samples (the last one is padded)
-        so it compiles once. Pays off on long runs; pack images so ``images × n0 >= batch_size``, since a
-        short selection forward is padded to the full batch.
+        so it compiles once per σ. Pays off on long runs; pack images so ``images × n0 >= batch_size``,
+        since a short selection forward is padded to the full batch.
     :param autocast: ``"bf16"`` or ``"fp16"`` runs the base classifier under ``torch.autocast``. This
         changes f's numerics: certificates are valid for the reduced-precision classifier actually
         evaluated and no longer match fp32 runs bitwise. Meant for GPUs (slow on most CPUs).
-    :param sampling: ``None`` for fixed sampling (n estimation draws per image), or
+    :param sampling: ``None`` for fixed sampling (n estimation draws per image and level), or
         :class:`~msds_lightning.smoothing.adaptive.AdaptiveSampling`: n becomes a budget, estimation
-        draws are checked at its checkpoints and an image stops once more cannot change its answer (same
-        (1 − α) guarantee, union bound over checkpoints). Draws ``0 .. n_k`` are the same noise as a fixed
-        run's, so an image that runs to the budget sees exactly the fixed run's samples.
+        draws are checked at the checkpoints of each level's α_s and an image leaves a level once more
+        draws cannot change its answer (same (1 − α) guarantee, union bound over checkpoints). Draws
+        ``0 .. n_k`` are the same noise as a fixed run's, so an image that runs to the budget sees exactly
+        the fixed run's samples.
     """
 
     ABSTAIN = ABSTAIN
 
     def __init__(
         self,
-        base_classifier: Callable[[torch.Tensor], torch.Tensor],
+        base_classifier: Callable[[torch.Tensor, float], torch.Tensor],
         num_classes: int,
-        sigma: float,
+        sigmas: float | Sequence[float],
+        p0: float = 0.5,
         *,
+        cascade: bool | None = None,
         seed: int = 0,
         batch_size: int = 1000,
         noise_block: int = NOISE_BLOCK,
@@ -163,70 +177,117 @@ class SmoothingEngine:
         self.base_classifier = base_classifier
         self.sampling = sampling
         self.num_classes = check_num_classes(num_classes)
-        self.sigma = check_sigma(sigma)
+        self.sigmas = check_sigmas(sigmas)
+        self.cascade = len(self.sigmas) > 1 if cascade is None else bool(cascade)
+        if not self.cascade and len(self.sigmas) > 1:
+            raise ValueError(f"Cohen's rule (cascade=False) takes one sigma, got {list(self.sigmas)}")
+        self.p0 = check_p0(p0)
         self.seed = check_count(seed, "seed", minimum=0)
         self.batch_size = check_count(batch_size, "batch_size")
         self.noise_block = check_count(noise_block, "noise_block")
         self.forward = AcceleratedForward(base_classifier, compile=compile, autocast=autocast)
 
+    @property
+    def sigma(self) -> float:
+        """The highest σ (the only one for Cohen's rule)."""
+        return self.sigmas[0]
+
     def counts(
-        self, images: torch.Tensor, indices: Sequence[int], num: int, stream: Sequence[int], start: int = 0
-    ) -> torch.Tensor:
-        """Class counts [B, num_classes] on the device for draws ``start .. start + num`` per image in ``stream``."""
+        self, images: torch.Tensor, indices: Sequence[int], num: int, stream: Sequence[int], start: int = 0,
+        sigma: float | None = None,
+    ) -> torch.Tensor:  # fmt: skip
+        """Class counts [B, num_classes] on the device of f(x + δ, σ) for draws ``start .. start + num`` per
+        image in ``stream`` (σ defaults to the highest level)."""
+        sigma = self.sigmas[0] if sigma is None else sigma
         return sample_counts(
-            self.forward, images, indices, num, self.sigma, self.num_classes, seed=self.seed, stream=stream,
-            batch_size=self.batch_size, noise_block=self.noise_block, start=start, pad=self.forward.fixed_shape,
+            lambda z: self.forward(z, sigma), images, indices, num, sigma, self.num_classes, seed=self.seed,
+            stream=stream, batch_size=self.batch_size, noise_block=self.noise_block, start=start,
+            pad=self.forward.fixed_shape,
         )  # fmt: skip
 
     def certify(
         self, images: torch.Tensor, indices: Sequence[int], n0: int, n: int, alpha: float
-    ) -> list[Certificate]:
-        """CERTIFY each image (Cohen's rule, fresh estimation samples); one :class:`Certificate` per image."""
+    ) -> list[Certificate] | list[MultiScaleCertificate]:
+        """CERTIFY each image: n0 selection draws choose the class, n fresh estimation draws bound it."""
         indices = self._check(images, indices)
         n0, n, alpha = check_count(n0, "n0"), check_count(n, "n"), check_alpha(alpha)
         _eval(self.base_classifier)
-        selected = self.counts(images, indices, n0, (SELECTION,)).argmax(1)  # first max on ties
-        if self.sampling is None:
-            n_a = self.counts(images, indices, n, (ESTIMATION,)).gather(1, selected[:, None])[:, 0]
-            selected, n_a = selected.cpu().tolist(), n_a.cpu().tolist()
-            return [decide(c, k, n, alpha, self.sigma) for c, k in zip(selected, n_a)]
-        return self._certify_adaptive(images, indices, selected, self.sampling.plan(n, alpha))
-
-    def _certify_adaptive(self, images, indices, selected, plan) -> list[Certificate]:
-        """Sequential estimation over ``plan``'s checkpoints; images leave the batch once decided."""
-        selected_list = selected.cpu().tolist()
-        n_a = [0] * len(indices)
-        results: list[Certificate | None] = [None] * len(indices)
-        active, drawn = list(range(len(indices))), 0
-        for k, checkpoint in enumerate(plan.checkpoints):
-            counts = self.counts(
-                images[active], [indices[i] for i in active], checkpoint - drawn, (ESTIMATION,), drawn
-            )
-            hits = counts.gather(1, selected[active][:, None])[:, 0].cpu().tolist()
-            drawn, still = checkpoint, []
-            for i, hit in zip(active, hits):
-                n_a[i] += hit
-            codes, p_lowers = plan.steps(k, [n_a[i] for i in active], self.sigma)
-            for i, code, p_lower in zip(active, codes.tolist(), p_lowers.tolist()):
-                if code == Outcome.CONTINUE:
-                    still.append(i)
-                    continue
-                c = selected_list[i]
-                certified = code == Outcome.CERTIFY
-                radius = float(gaussian_radius(p_lower, self.sigma)) if certified else 0.0
-                results[i] = Certificate(c if certified else ABSTAIN, radius, c, n_a[i], checkpoint, p_lower)
-            active = still
+        results: list = [None] * len(indices)
+        passed: list[list[LevelRecord]] = [[] for _ in indices]
+        active = list(range(len(indices)))
+        for stage, sigma in enumerate(self.sigmas):
             if not active:
                 break
+            selection = self._counts(images, indices, active, n0, sigma, SELECTION)
+            alpha_s = alpha / (stage + 1)  # the cascade's union bound over levels (α for one level)
+            plan = self.sampling.plan(n, alpha_s) if self.sampling else fixed_plan(n, alpha_s)
+            counts = np.zeros((len(active), self.num_classes), dtype=np.int64)
+            pending, drawn, lower = list(range(len(active))), 0, []
+            for checkpoint, size in enumerate(plan.checkpoints):
+                counts[pending] += self._counts(
+                    images, indices, [active[r] for r in pending], size - drawn, sigma, ESTIMATION, drawn
+                )
+                drawn, undecided = size, []
+                for r in pending:
+                    k = active[r]
+                    outcome, cert, record = self._decide(
+                        stage, sigma, selection[r], counts[r], alpha, passed[k], plan, checkpoint
+                    )
+                    if outcome == Outcome.CONTINUE:
+                        undecided.append(r)
+                    elif cert is not None:
+                        results[k] = cert
+                    else:  # Outcome.LOWER: proven below p0 here, try the next σ
+                        passed[k].append(record)
+                        lower.append(k)
+                pending = undecided
+                if not pending:
+                    break
+            active = sorted(lower)
+        last = len(self.sigmas) - 1
+        for k in active:  # every level proven below p0
+            results[k] = MultiScaleCertificate(ABSTAIN, 0.0, -1, last, self.sigmas[-1], tuple(passed[k]))
         return results
 
+    def _decide(self, stage, sigma, selection, counts, alpha, passed, plan, checkpoint):
+        """One image at one level and checkpoint: ``(Outcome, certificate or None, LevelRecord or None)``."""
+        if self.cascade:
+            return cascade_decision(
+                stage, sigma, selection, counts, alpha, self.p0, passed, plan=plan, checkpoint=checkpoint
+            )
+        c = int(np.argmax(selection))  # first maximum: ties go to the lowest class
+        cert = decide(c, int(counts[c]), int(np.sum(counts)), alpha, sigma, plan, checkpoint)
+        if cert is None:
+            return Outcome.CONTINUE, None, None
+        return (Outcome.ABSTAIN if cert.abstained else Outcome.CERTIFY), cert, None
+
     def predict(self, images: torch.Tensor, indices: Sequence[int], n: int, alpha: float) -> list[int]:
-        """PREDICT each image (binomial test of the top two counts at level α); ``ABSTAIN`` when unsure."""
+        """PREDICT each image: Cohen's binomial test of the top two counts at level α, or the cascade top
+        down (:func:`~.multiscale.cascade_prediction`); ``ABSTAIN`` when unsure."""
         indices = self._check(images, indices)
         n, alpha = check_count(n, "n"), check_alpha(alpha)
         _eval(self.base_classifier)
-        counts = self.counts(images, indices, n, (PREDICTION,)).cpu().numpy()
-        return [predict_from_counts(row, alpha) for row in counts]
+        answers, active = [ABSTAIN] * len(indices), list(range(len(indices)))
+        for stage, sigma in enumerate(self.sigmas):
+            counts, lower = self._counts(images, indices, active, n, sigma, PREDICTION), []
+            for row, k in zip(counts, active):
+                if self.cascade:
+                    answer = cascade_prediction(stage, sigma, row, alpha, self.p0)
+                else:
+                    answer = predict_from_counts(row, alpha)
+                if answer is None:
+                    lower.append(k)
+                else:
+                    answers[k] = answer
+            active = lower
+            if not active:
+                break
+        return answers
+
+    def _counts(self, images, indices, rows, num, sigma, phase, start: int = 0) -> np.ndarray:
+        """Host counts [len(rows), num_classes] of the images at positions ``rows`` in one phase."""
+        counts = self.counts(images[rows], [indices[k] for k in rows], num, (phase,), start, sigma)
+        return counts.cpu().numpy()
 
     @staticmethod
     def _check(images: torch.Tensor, indices: Sequence[int]) -> list[int]:
@@ -237,6 +298,32 @@ class SmoothingEngine:
         if any(i < 0 for i in indices):
             raise ValueError(f"indices must be dataset indices >= 0, got {indices}")
         return indices
+
+
+class IgnoreSigma(torch.nn.Module):
+    """A σ-free classifier in the certifiers' signature: ``IgnoreSigma(f)(x_noisy, sigma) = f(x_noisy)``
+    (plain Gaussian smoothing: the classifier sees x + δ directly)."""
+
+    def __init__(self, classifier: Callable[[torch.Tensor], torch.Tensor]):
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, x_noisy: torch.Tensor, sigma: float | None = None) -> torch.Tensor:
+        return self.classifier(x_noisy)
+
+
+class SmoothingEngine(Engine):
+    """The former one-σ engine: ``Engine(IgnoreSigma(f), num_classes, sigma, **options)`` for f(x)."""
+
+    def __init__(self, base_classifier: Callable, num_classes: int, sigma: float, **options):
+        super().__init__(IgnoreSigma(base_classifier), num_classes, sigma, cascade=False, **options)
+
+
+class MultiScaleEngine(Engine):
+    """The former cascade engine: :class:`Engine` with ``cascade=True`` (also for a list of one σ)."""
+
+    def __init__(self, base_classifier: Callable, num_classes: int, sigmas: Sequence[float], p0=0.5, **kw):
+        super().__init__(base_classifier, num_classes, sigmas, p0, cascade=True, **kw)
 
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -269,8 +356,3 @@ class AcceleratedForward:
             return fn(x, *args)
         with torch.autocast(x.device.type, dtype=self.dtype):
             return fn(x, *args).float()
-
-
-def _eval(module) -> None:
-    if isinstance(module, torch.nn.Module):
-        module.eval()

@@ -38,7 +38,7 @@ import torch
 from scipy.stats import norm
 from statsmodels.stats.proportion import multinomial_proportions_confint
 
-from .adaptive import AdaptiveSampling, SequentialPlan, fixed_plan
+from .adaptive import SequentialPlan, fixed_plan
 from .bounds import clopper_pearson_interval, clopper_pearson_lower
 from .checks import (
     check_alpha,
@@ -49,17 +49,7 @@ from .checks import (
     check_p0,
     check_sigmas,
 )
-from .core import ABSTAIN, reference_counts
-from .engine import (
-    ESTIMATION,
-    NOISE_BLOCK,
-    PREDICTION,
-    SELECTION,
-    AcceleratedForward,
-    SmoothingEngine,
-    _eval,
-    sample_counts,
-)
+from .core import ABSTAIN, _eval, reference_counts
 from .outcome import Outcome
 
 MIN_CATEGORY = 5  # classes with fewer samples are pooled before the Goodman intervals (as the official code)
@@ -194,6 +184,13 @@ def cascade_decision(
     return Outcome.LOWER, None, record  # this level cannot fire (proven below p0): go to the next lower σ
 
 
+def cascade_prediction(stage: int, sigma: float, counts: np.ndarray, alpha: float, p0: float) -> int | None:
+    """PREDICT at one level: n draws choose ĉ and give its interval at α/(s+1) (the same draws, as in
+    Cohen's PREDICT); ĉ if it lies above p0, ABSTAIN if it straddles p0, ``None`` (go lower) if below."""
+    outcome, cert, _ = cascade_decision(stage, sigma, counts, counts, alpha, p0, [])
+    return None if outcome == Outcome.LOWER else cert.prediction
+
+
 class MultiScaleSmooth:
     """Cascaded smoothing over several σ with one base classifier (reference stream, one image at a time).
 
@@ -240,140 +237,18 @@ class MultiScaleSmooth:
         return MultiScaleCertificate(ABSTAIN, 0.0, -1, len(self.sigmas) - 1, self.sigmas[-1], tuple(passed))
 
     def predict(self, x: torch.Tensor, n: int, alpha: float, batch_size: int) -> int:
-        """Top-down prediction without a certificate: at each level, n draws choose ĉ and give its
-        Clopper–Pearson interval at α/(s+1); answer if it lies above p0, go lower if below, else abstain.
-        (ĉ and its interval come from the same draws, as in Cohen's PREDICT.)"""
+        """Top-down prediction without a certificate (:func:`cascade_prediction` at each level)."""
         check_images(x)
         n, alpha, batch_size = check_count(n, "n"), check_alpha(alpha), check_count(batch_size, "batch_size")
         _eval(self.base_classifier)
         for stage, sigma in enumerate(self.sigmas):
             counts = self._sample_noise(x, sigma, n, batch_size)
-            outcome, cert, _ = cascade_decision(stage, sigma, counts, counts, alpha, self.p0, [])
-            if outcome != Outcome.LOWER:
-                return cert.prediction
+            answer = cascade_prediction(stage, sigma, counts, alpha, self.p0)
+            if answer is not None:
+                return answer
         return ABSTAIN
 
     def _sample_noise(self, x: torch.Tensor, sigma: float, num: int, batch_size: int) -> np.ndarray:
         return reference_counts(
             lambda z: self.base_classifier(z, sigma), x, num, sigma, self.num_classes, batch_size
         )
-
-
-class MultiScaleEngine:
-    """The cascade on the batched engine: many images per forward, per-image noise streams.
-
-    Each level draws its noise with the same keys as :class:`SmoothingEngine` (seed, dataset index, phase,
-    block): common random numbers across levels — level k's counts equal a single-σ engine run at σ_k
-    with the same seed, so cascade rows are directly comparable with single-σ rows. Each level's bound is
-    valid on its own; the union bound over levels needs no independence between them.
-    Images that answer or abstain at a level are not sampled at lower levels.
-
-    Options ``seed``, ``batch_size``, ``noise_block``, ``compile``, ``autocast`` and ``sampling`` as
-    :class:`SmoothingEngine`. With adaptive ``sampling`` each level is sampled up to the checkpoints of
-    its own α_s and left as soon as it is proven below p0 (it cannot fire), or once its answer is settled;
-    so a cascade pays little for the levels that do not answer.
-    """
-
-    ABSTAIN = ABSTAIN
-
-    def __init__(
-        self,
-        base_classifier: Callable,
-        num_classes: int,
-        sigmas: Sequence[float],
-        p0: float = 0.5,
-        *,
-        seed: int = 0,
-        batch_size: int = 1000,
-        noise_block: int = NOISE_BLOCK,
-        compile: bool | str = False,
-        autocast: str | None = None,
-        sampling: AdaptiveSampling | None = None,
-    ):
-        self.base_classifier = base_classifier
-        self.sampling = sampling
-        self.num_classes = check_num_classes(num_classes)
-        self.sigmas = check_sigmas(sigmas)
-        self.p0 = check_p0(p0)
-        self.seed = check_count(seed, "seed", minimum=0)
-        self.batch_size = check_count(batch_size, "batch_size")
-        self.noise_block = check_count(noise_block, "noise_block")
-        self.forward = AcceleratedForward(base_classifier, compile=compile, autocast=autocast)
-
-    def _counts(self, images, indices, num, sigma, phase, start: int = 0) -> np.ndarray:
-        return sample_counts(
-            lambda z: self.forward(z, sigma), images, indices, num, sigma, self.num_classes,
-            seed=self.seed, stream=(phase,), batch_size=self.batch_size, noise_block=self.noise_block,
-            start=start, pad=self.forward.fixed_shape,
-        ).cpu().numpy()  # fmt: skip
-
-    def certify(
-        self, images: torch.Tensor, indices: Sequence[int], n0: int, n: int, alpha: float
-    ) -> list[MultiScaleCertificate]:
-        indices = SmoothingEngine._check(images, indices)
-        n0, n, alpha = check_count(n0, "n0"), check_count(n, "n"), check_alpha(alpha)
-        _eval(self.base_classifier)
-        results: list[MultiScaleCertificate | None] = [None] * len(indices)
-        passed: list[list[LevelRecord]] = [[] for _ in indices]
-        active = list(range(len(indices)))
-        for stage, sigma in enumerate(self.sigmas):
-            if not active:
-                break
-            sub_images, sub_indices = images[active], [indices[k] for k in active]
-            counts_selection = self._counts(sub_images, sub_indices, n0, sigma, SELECTION)
-            plan = (
-                self.sampling.plan(n, alpha / (stage + 1))
-                if self.sampling
-                else fixed_plan(n, alpha / (stage + 1))
-            )
-            counts = np.zeros((len(active), self.num_classes), dtype=np.int64)
-            pending, drawn, still = list(range(len(active))), 0, []
-            for checkpoint, size in enumerate(plan.checkpoints):
-                rows = [active[r] for r in pending]
-                counts[pending] += self._counts(
-                    images[rows], [indices[k] for k in rows], size - drawn, sigma, ESTIMATION, drawn
-                )
-                drawn, undecided = size, []
-                for r in pending:
-                    k = active[r]
-                    outcome, cert, record = cascade_decision(
-                        stage, sigma, counts_selection[r], counts[r], alpha, self.p0, passed[k],
-                        plan=plan, checkpoint=checkpoint,
-                    )  # fmt: skip
-                    if outcome == Outcome.CONTINUE:
-                        undecided.append(r)
-                    elif cert is not None:
-                        results[k] = cert
-                    else:  # Outcome.LOWER: proven below p0 here, try the next σ
-                        passed[k].append(record)
-                        still.append(k)
-                pending = undecided
-                if not pending:
-                    break
-            active = sorted(still)
-        last = len(self.sigmas) - 1
-        for k in active:
-            results[k] = MultiScaleCertificate(ABSTAIN, 0.0, -1, last, self.sigmas[-1], tuple(passed[k]))
-        return results
-
-    def predict(self, images: torch.Tensor, indices: Sequence[int], n: int, alpha: float) -> list[int]:
-        indices = SmoothingEngine._check(images, indices)
-        n, alpha = check_count(n, "n"), check_alpha(alpha)
-        _eval(self.base_classifier)
-        answers = [ABSTAIN] * len(indices)
-        active = list(range(len(indices)))
-        for stage, sigma in enumerate(self.sigmas):
-            if not active:
-                break
-            counts = self._counts(images[active], [indices[k] for k in active], n, sigma, PREDICTION)
-            still = []
-            for row, k in enumerate(active):
-                outcome, cert, _ = cascade_decision(
-                    stage, sigma, counts[row], counts[row], alpha, self.p0, []
-                )
-                if outcome == Outcome.LOWER:
-                    still.append(k)
-                else:
-                    answers[k] = cert.prediction
-            active = still
-        return answers
