@@ -349,3 +349,9 @@ def test_bad_inputs_fail_up_front_in_one_line(assets, tmp_path, capsys, case, ov
     assert err[0].startswith("msds certify: error: ") and message in err[0], err
     assert "Traceback" not in "\n".join(err)
     assert not any(p.suffix in (".yaml", ".json") for p in tmp_path.iterdir()), list(tmp_path.iterdir())
+
+
+def test_batch_size_auto_from_the_config_gives_the_same_rows(assets, single_run, tmp_path):
+    output = tmp_path / "auto.tsv"
+    assert main(["certify", *overrides(assets, output, "--model.batch_size=auto")]) == 0
+    assert rows_without_time(output) == rows_without_time(single_run)

@@ -13,6 +13,7 @@ streams) and returns one row dict per image; the
 from __future__ import annotations
 
 import time
+from typing import Literal
 
 import torch
 from lightning.pytorch import LightningModule
@@ -37,7 +38,9 @@ class CertifyModule(LightningModule):
     :param n0: selection samples per image (field default 100)
     :param n: estimation samples per image (field defaults: 100,000 CIFAR-10, 10,000 ImageNet)
     :param alpha: failure probability of each certificate (field default 0.001)
-    :param batch_size: noisy samples per forward pass (images per step is the data loader's batch size)
+    :param batch_size: noisy samples per forward pass (images per step is the data loader's batch size), or
+        ``"auto"``: measured once on the first image (the largest batch that fits in the device's memory while
+        throughput still grows; :func:`~msds_lightning.smoothing.probe_batch_size`). Rows do not depend on it
     :param seed: noise seed; with the dataset index it keys every image's noise, so rows do not depend on
         batch sizes, the number of GPUs, or resumption
     :param noise_block: samples per RNG block (part of the reproducibility key; keep the default)
@@ -67,7 +70,7 @@ class CertifyModule(LightningModule):
         n0: int = 100,
         n: int = 100_000,
         alpha: float = 0.001,
-        batch_size: int = 1000,
+        batch_size: int | Literal["auto"] = 1000,
         seed: int = 0,
         noise_block: int = NOISE_BLOCK,
         p0: float = 0.5,

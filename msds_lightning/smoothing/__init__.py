@@ -35,6 +35,7 @@ from .engine import (
     MultiScaleEngine,
     SmoothingEngine,
     noise_seed,
+    probe_batch_size,
     sample_counts,
 )
 from .multiscale import (
@@ -73,5 +74,6 @@ __all__ = [
     "off_class_upper_bound",
     "pooled_categories",
     "predict_from_counts",
+    "probe_batch_size",
     "sample_counts",
 ]

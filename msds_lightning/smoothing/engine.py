@@ -4,7 +4,8 @@
 engine is for throughput and for distributed, resumable runs:
 
 * samples of several images share one forward of up to ``batch_size`` noisy inputs;
-* class counts are accumulated on the device (``bincount``) and copied to the host once per call;
+* class counts are accumulated on the device (``scatter_add_``, which, unlike CUDA's ``bincount``, needs no
+  host sync) and copied to the host once per call: inside the sampling loop nothing waits for the GPU;
 * the noise of image ``index`` comes from its own stream, keyed by ``(seed, index, *stream, block)``: the
   n samples of a phase are split into blocks of ``noise_block`` samples and block b is drawn from a
   generator seeded with a hash (numpy ``SeedSequence``) of that key.
@@ -24,6 +25,7 @@ level's bound holds on its own, and the union bound over levels needs no indepen
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
@@ -36,6 +38,7 @@ from .multiscale import LevelRecord, MultiScaleCertificate, cascade_decision, ca
 from .outcome import Outcome
 
 SELECTION, ESTIMATION, PREDICTION = 0, 1, 2
+AUTO = "auto"
 NOISE_BLOCK = 256
 """Default number of samples drawn per RNG block. Part of the reproducibility key: changing it changes
 the noise (keep it fixed across the shards and resumptions of one run)."""
@@ -118,10 +121,67 @@ def sample_counts(
             images, indices, num, sigma, seed, stream, batch_size, noise_block, start, pad
         ):
             labels = predicted_labels(base_classifier, noisy, num_classes)
-            # padded samples (owner -1) land in the extra last bin, which is dropped
+            # padded samples (owner -1) land in the extra last bin, which is dropped. scatter_add_, not
+            # bincount: CUDA's bincount reads the largest slot back to the host (a sync per forward).
             slot = torch.where(owner >= 0, owner * num_classes + labels, count * num_classes)
-            counts += torch.bincount(slot, minlength=count * num_classes + 1)
+            counts.scatter_add_(0, slot, torch.ones_like(slot))
     return counts[:-1].view(count, num_classes)
+
+
+def probe_batch_size(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    example: torch.Tensor,
+    *,
+    start: int = 64,
+    limit: int | None = None,
+    gain: float = 1.05,
+    max_seconds: float = 10.0,
+) -> tuple[int, dict[int, float]]:
+    """The batch size for ``forward`` on inputs like ``example`` [1,C,H,W] (pixels in [0,1]), measured.
+
+    Doubles the batch from ``start`` up to ``limit`` (2**16 on a GPU, 2**12 on the CPU) while it fits in
+    memory (an out-of-memory or other runtime error at a size above ``start`` ends the probe; at ``start``
+    it is raised), one forward takes at most
+    ``max_seconds``, and throughput still grows by the factor ``gain``; each size is timed on its second
+    forward (the first one pays for allocation and kernel selection). Returns the size with the best
+    throughput and ``{batch size: samples/s}`` of every size that ran. The probe's inputs are copies of
+    ``example``: memory and time do not depend on the pixel values.
+    """
+    device = example.device
+    limit = limit or (2**16 if device.type == "cuda" else 2**12)
+    check_count(start, "start")
+    speeds: dict[int, float] = {}
+    batch = start
+    while batch <= limit:
+        try:
+            x = example[:1].expand(batch, *example.shape[1:]).contiguous()
+            with torch.inference_mode():
+                forward(x)
+                _synchronize(device)
+                began = time.perf_counter()
+                forward(x)
+                _synchronize(device)
+            seconds = time.perf_counter() - began
+        except RuntimeError:  # out of memory, or a kernel's size limit (e.g. 32-bit indexing) at this size
+            if not speeds:
+                raise
+            break
+        finally:
+            x = None
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        previous_best = max(speeds.values(), default=0.0)
+        speeds[batch] = batch / seconds
+        if seconds > max_seconds or speeds[batch] < gain * previous_best:
+            break
+        batch *= 2
+    best = max(speeds.values())
+    return min(b for b, v in speeds.items() if v == best), speeds
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 class Engine:
@@ -140,7 +200,9 @@ class Engine:
         with fixed sampling; with adaptive sampling Cohen's rule also abstains as soon as the budget cannot
         certify, where a cascade level samples on until it is proven below p0.
     :param seed: run seed (>= 0); with the dataset index it keys every image's noise
-    :param batch_size: noisy samples per forward pass
+    :param batch_size: noisy samples per forward pass, or ``"auto"``: probed once, at the first call, with
+        :func:`probe_batch_size` on the first image (the largest batch that fits in memory while throughput
+        still grows). Counts do not depend on the batch size (see above), so ``auto`` changes speed only.
     :param noise_block: samples per RNG block (part of the reproducibility key; keep the default)
     :param compile: ``torch.compile`` the base classifier (``True`` or a mode, e.g. ``"reduce-overhead"``
         for CUDA graphs); every forward then has exactly ``batch_size`` samples (the last one is padded)
@@ -168,7 +230,7 @@ class Engine:
         *,
         cascade: bool | None = None,
         seed: int = 0,
-        batch_size: int = 1000,
+        batch_size: int | str = 1000,
         noise_block: int = NOISE_BLOCK,
         compile: bool | str = False,
         autocast: str | None = None,
@@ -183,7 +245,14 @@ class Engine:
             raise ValueError(f"Cohen's rule (cascade=False) takes one sigma, got {list(self.sigmas)}")
         self.p0 = check_p0(p0)
         self.seed = check_count(seed, "seed", minimum=0)
-        self.batch_size = check_count(batch_size, "batch_size")
+        # None until probed (batch_size="auto"); `probed` then holds {batch size: samples/s}
+        if batch_size == AUTO:
+            self.batch_size = None
+        elif isinstance(batch_size, str):
+            raise ValueError(f"batch_size must be an integer >= 1 or {AUTO!r}, got {batch_size!r}")
+        else:
+            self.batch_size = check_count(batch_size, "batch_size")
+        self.probed: dict[int, float] = {}
         self.noise_block = check_count(noise_block, "noise_block")
         self.forward = AcceleratedForward(base_classifier, compile=compile, autocast=autocast)
 
@@ -199,6 +268,8 @@ class Engine:
         """Class counts [B, num_classes] on the device of f(x + δ, σ) for draws ``start .. start + num`` per
         image in ``stream`` (σ defaults to the highest level)."""
         sigma = self.sigmas[0] if sigma is None else sigma
+        if self.batch_size is None:
+            self.batch_size, self.probed = probe_batch_size(lambda z: self.forward.eager(z, sigma), images[:1])
         return sample_counts(
             lambda z: self.forward(z, sigma), images, indices, num, sigma, self.num_classes, seed=self.seed,
             stream=stream, batch_size=self.batch_size, noise_block=self.noise_block, start=start,
@@ -351,7 +422,13 @@ class AcceleratedForward:
         self.dtype = AUTOCAST_DTYPES.get(autocast) if autocast else None
 
     def __call__(self, x: torch.Tensor, *args) -> torch.Tensor:
-        fn = self.fn if self.compiled is None else self.compiled
+        return self._run(self.fn if self.compiled is None else self.compiled, x, *args)
+
+    def eager(self, x: torch.Tensor, *args) -> torch.Tensor:
+        """The same forward without compilation (any batch size; for probing)."""
+        return self._run(self.fn, x, *args)
+
+    def _run(self, fn: Callable, x: torch.Tensor, *args) -> torch.Tensor:
         if self.dtype is None:
             return fn(x, *args)
         with torch.autocast(x.device.type, dtype=self.dtype):
