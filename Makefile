@@ -6,7 +6,7 @@ PYTHON := $(BIN)/python
 MSDS   := $(BIN)/msds
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock test test-full lint format bench demo demo-all analyze certify finetune pretrain-denoiser train-classifier clean
+.PHONY: help install lock test test-full lint format bench bench-gpu demo demo-all analyze certify finetune pretrain-denoiser train-classifier clean
 
 help: ## show this help
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -54,6 +54,9 @@ bench: ## throughput (reference loop vs engine vs bare forwards) + adaptive samp
 		$(COHEN)/cifar_1.00 --sigmas 0.25 0.5 1.0 --out bench/RESULTS.md; \
 	else echo "adaptive replay skipped: no $(COHEN) (any result TSVs work: bench/adaptive_samples.py --help)"; fi
 	$(PYTHON) bench/finetune_throughput.py --unet tiny --steps 10
+
+bench-gpu: ## the GPU check (one CUDA GPU, ~8 min): certification and fine-tuning at the real model sizes -> bench/RESULTS_GPU.md
+	bench/gpu_check.sh $(ARGS)
 
 demo: ## the MSDS experiment on scikit-learn digits at the paper's protocol (CPU, ~8.5 min): train, fine-tune, certify, compare, report
 	$(MSDS) demo
