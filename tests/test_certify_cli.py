@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -355,3 +356,13 @@ def test_batch_size_auto_from_the_config_gives_the_same_rows(assets, single_run,
     output = tmp_path / "auto.tsv"
     assert main(["certify", *overrides(assets, output, "--model.batch_size=auto")]) == 0
     assert rows_without_time(output) == rows_without_time(single_run)
+
+
+def test_bf16_run_is_labelled_as_certifying_the_bf16_classifier(assets, single_run, tmp_path):
+    assert "reduced precision" not in single_run.with_suffix(".md").read_text()
+    output = tmp_path / "bf16.tsv"
+    assert main(["certify", *overrides(assets, output, "--trainer.precision=bf16-mixed")]) == 0
+    summary = output.with_suffix(".md").read_text()
+    assert "precision bf16-mixed: the base classifier ran in reduced precision" in summary
+    fingerprint = json.loads(next(tmp_path.glob("*fingerprint*")).read_text())
+    assert "bf16-mixed" in json.dumps(fingerprint)

@@ -212,6 +212,10 @@ class CertificationWriter(BasePredictionWriter):
                     note = (f"\n({len(results) - len(current)} row(s) of {self.output} lie outside this run's "
                             f"index set (other skip/max) and are not in this table)\n")  # fmt: skip
                 results = current
+            precision = str(trainer.precision)
+            if precision not in ("32", "32-true", "64", "64-true"):  # label reduced-precision certificates
+                note += (f"\n(precision {precision}: the base classifier ran in reduced precision; these "
+                         "certificates hold for that classifier, not for its fp32 version)\n")  # fmt: skip
             table = format_markdown([summarize(results, self.radii)]) + note
             self.output.with_suffix(".md").write_text(table)
             rank_zero_info(f"\n{count} images certified -> {self.output}\n\n{table}")
