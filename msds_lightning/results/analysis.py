@@ -5,13 +5,16 @@ Definitions (those of Cohen et al.'s ``analyze.py``, computed from the radius *a
 * certified accuracy at r = fraction of rows with ``correct == 1`` and ``radius >= r`` (inclusive);
   the denominator is every row, abstentions included;
 * ACR = mean over rows of ``radius * correct``;
-* abstention rate = fraction of rows with ``predict < 0``.
+* abstention rate = fraction of rows with ``predict < 0``;
+* high-probability accuracy at r (optional, :func:`high_probability_accuracy`) = a lower confidence bound
+  on the certified accuracy that accounts for each certificate's Monte-Carlo failure probability.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -31,6 +34,51 @@ def certified_accuracy(radius: np.ndarray, correct: np.ndarray, radii: Sequence[
     if radius.size == 0:
         return np.full(len(radii), np.nan)
     return np.array([np.mean(correct & (radius >= r)) for r in radii])
+
+
+def check_high_prob_levels(alpha: float, rho: float) -> tuple[float, float]:
+    """``(alpha, rho)`` as floats if both lie strictly inside (0, 1); a ValueError naming the bad one if not."""
+    for name, value in (("alpha", alpha), ("rho", rho)):
+        if not 0.0 < float(value) < 1.0:  # also rejects NaN
+            raise ValueError(f"high-probability accuracy: {name} must be in (0, 1), got {value!r}")
+    return float(alpha), float(rho)
+
+
+def high_probability_accuracy(
+    radius: np.ndarray,
+    correct: np.ndarray,
+    radii: Sequence[float],
+    alpha: float = 0.001,
+    rho: float = 0.001,
+) -> np.ndarray:
+    """Cohen et al.'s high-probability certified accuracy at each radius r (radii in [0, 1] pixel units).
+
+    Each row's certificate is a Monte-Carlo one that is wrong with probability at most ``alpha`` (the
+    ``alpha`` of ``certify``), independently across images. The certified accuracy from the file,
+    :func:`certified_accuracy`, may therefore count rows whose certificate is wrong. This returns
+
+        certified_accuracy(r) - alpha - sqrt(alpha (1 - alpha) ln(1/rho) / n) - ln(1/rho) / (3 n),
+
+    n = number of rows (abstentions included): a lower bound on the fraction of the test set that is
+    correctly classified and truly robust at r, holding with probability at least 1 - ``rho`` over the
+    Monte-Carlo noise (a Bernstein-type bound on the number of wrong certificates, whose variance is at
+    most alpha (1 - alpha) for alpha <= 1/2).
+
+    It is the formula of ``HighProbAccuracy.at_radius`` in locuslab/smoothing ``code/analyze.py``, with its
+    constants kept so the numbers match (``tests/test_high_prob.py`` checks all of Cohen et al.'s files
+    to 1e-12). The textbook one-sided Bernstein bound has ``2 alpha (1 - alpha)`` under the square root
+    and ``2 ln(1/rho) / (3 n)`` as its last term, a larger margin (0.0155 instead of 0.0093 for n = 500,
+    alpha = rho = 0.001). The value is not clipped at 0: a negative one is a vacuous bound. NaN for no
+    rows; alpha and rho outside (0, 1) raise ValueError.
+    """
+    alpha, rho = check_high_prob_levels(alpha, rho)
+    accuracy = certified_accuracy(radius, correct, radii)
+    n = np.asarray(radius).size
+    if n == 0:
+        return accuracy  # all NaN, as certified_accuracy gives for no rows
+    log_term = math.log(1.0 / rho)
+    margin = alpha + math.sqrt(alpha * (1.0 - alpha) * log_term / n) + log_term / (3.0 * n)
+    return accuracy - margin
 
 
 def average_certified_radius(radius: np.ndarray, correct: np.ndarray) -> float:
@@ -63,6 +111,8 @@ class Summary:
     abstain: float
     levels: list[LevelStats] = field(default_factory=list)
     samples: float = float("nan")  # mean forward passes per image (the ``samples`` column), nan if absent
+    high_prob: np.ndarray | None = None  # high-probability accuracy at each radius, if asked for
+    high_prob_levels: tuple[float, float] | None = None  # its (alpha, rho)
 
 
 def _with_samples(summaries: Sequence[Summary]) -> bool:
@@ -74,8 +124,15 @@ def _samples_cell(s: Summary) -> str:
     return f"{s.samples:,.0f}" if np.isfinite(s.samples) else "-"
 
 
-def summarize(results: Results, radii: Sequence[float] = CIFAR10_RADII) -> Summary:
+def summarize(
+    results: Results,
+    radii: Sequence[float] = CIFAR10_RADII,
+    high_prob: tuple[float, float] | None = None,
+) -> Summary:
+    """The table row of one result file; ``high_prob=(alpha, rho)`` adds :func:`high_probability_accuracy`."""
     radii = tuple(float(r) for r in radii)
+    if high_prob is not None:
+        high_prob = check_high_prob_levels(*high_prob)
     levels = []
     if "level" in results.columns:
         level = results.column("level", int)
@@ -97,11 +154,27 @@ def summarize(results: Results, radii: Sequence[float] = CIFAR10_RADII) -> Summa
         samples=float(np.mean(results.column("samples")))
         if "samples" in results.columns and len(results)
         else float("nan"),
+        high_prob=None
+        if high_prob is None
+        else high_probability_accuracy(results.radius, results.correct, radii, *high_prob),
+        high_prob_levels=high_prob,
     )
 
 
-def summarize_files(paths: Sequence[str], radii: Sequence[float] = CIFAR10_RADII) -> list[Summary]:
-    return [summarize(read_results(p), radii) for p in paths]
+def summarize_files(
+    paths: Sequence[str],
+    radii: Sequence[float] = CIFAR10_RADII,
+    high_prob: tuple[float, float] | None = None,
+) -> list[Summary]:
+    return [summarize(read_results(p), radii, high_prob) for p in paths]
+
+
+def _high_prob_label(s: Summary, latex: bool = False) -> str:
+    """The row label of a file's high-probability accuracy, e.g. ``high-prob (alpha=0.001, rho=0.001)``."""
+    a, r = s.high_prob_levels
+    if latex:
+        return f"high-prob ($\\alpha={a:g}$, $\\rho={r:g}$)"
+    return f"high-prob (alpha={a:g}, rho={r:g})"
 
 
 def _radius_label(r: float, first: bool) -> str:
@@ -110,7 +183,8 @@ def _radius_label(r: float, first: bool) -> str:
 
 
 def format_markdown(summaries: Sequence[Summary]) -> str:
-    """Markdown table: one row per file, certified accuracy at each radius (3 decimals), ACR (4), abstain."""
+    """Markdown table: one row per file, certified accuracy at each radius (3 decimals), ACR (4), abstain;
+    a file summarized with ``high_prob`` gets a second row, its high-probability accuracy."""
     radii = summaries[0].radii
     with_samples = _with_samples(summaries)
     cols = ["file", *(_radius_label(r, i == 0) for i, r in enumerate(radii)), "ACR", "abstain"]
@@ -120,6 +194,10 @@ def format_markdown(summaries: Sequence[Summary]) -> str:
         cells = [s.name, *(f"{a:.3f}" for a in s.accuracy), f"{s.acr:.4f}", f"{s.abstain:.3f}"]
         cells += [_samples_cell(s)] if with_samples else []
         lines.append("| " + " | ".join(cells) + " |")
+        if s.high_prob is not None:
+            cells = [f"{s.name} {_high_prob_label(s)}", *(f"{a:.3f}" for a in s.high_prob)]
+            cells += ["-"] * (2 + with_samples)  # no ACR, abstention or samples for this row
+            lines.append("| " + " | ".join(cells) + " |")
     levels = [(s, lv) for s in summaries for lv in s.levels]
     if levels:
         lines += ["", "| file | level | sigma | answered | accuracy |", "|---|---|---|---|---|"]
@@ -129,7 +207,8 @@ def format_markdown(summaries: Sequence[Summary]) -> str:
 
 
 def format_latex(summaries: Sequence[Summary]) -> str:
-    """A booktabs LaTeX table; the best certified accuracy per radius is bold."""
+    """A booktabs LaTeX table; the best certified accuracy per radius is bold. A file summarized with
+    ``high_prob`` gets a second row, its high-probability accuracy (never bold)."""
     radii = summaries[0].radii
     best = np.max(np.stack([s.accuracy for s in summaries]), axis=0)
     with_samples = _with_samples(summaries)
@@ -147,19 +226,35 @@ def format_latex(summaries: Sequence[Summary]) -> str:
         name = s.name.replace("_", "\\_")
         extra = [_samples_cell(s).replace(",", "{,}")] if with_samples else []
         out.append(" & ".join([name, *cells, f"{s.acr:.4f}", f"{s.abstain:.3f}", *extra]) + " \\\\")
+        if s.high_prob is not None:
+            label = f"{name} {_high_prob_label(s, latex=True)}"
+            cells = [f"{a:.3f}" for a in s.high_prob] + ["--"] * (2 + with_samples)
+            out.append(" & ".join([label, *cells]) + " \\\\")
     out += ["\\bottomrule", "\\end{tabular}"]
     return "\n".join(out) + "\n"
 
 
 def format_csv(summaries: Sequence[Summary]) -> str:
+    """One row per file, full precision. With ``high_prob``: columns ``high_prob_r=<r>`` per radius and
+    ``high_prob_alpha``, ``high_prob_rho`` at the end (empty for a file summarized without it)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     with_samples = _with_samples(summaries)
-    header = ["file", "count", *(f"r={r:g}" for r in summaries[0].radii), "acr", "abstain"]
-    writer.writerow(header + (["samples_per_image"] if with_samples else []))
+    with_high_prob = any(s.high_prob is not None for s in summaries)
+    radii = summaries[0].radii
+    header = ["file", "count", *(f"r={r:g}" for r in radii), "acr", "abstain"]
+    header += ["samples_per_image"] if with_samples else []
+    if with_high_prob:
+        header += [*(f"high_prob_r={r:g}" for r in radii), "high_prob_alpha", "high_prob_rho"]
+    writer.writerow(header)
     for s in summaries:
         row = [s.name, s.count, *(repr(float(a)) for a in s.accuracy), repr(s.acr), repr(s.abstain)]
-        writer.writerow(row + ([repr(s.samples)] if with_samples else []))
+        row += [repr(s.samples)] if with_samples else []
+        if s.high_prob is not None:
+            row += [*(repr(float(a)) for a in s.high_prob), *(repr(v) for v in s.high_prob_levels)]
+        elif with_high_prob:
+            row += [""] * (len(radii) + 2)
+        writer.writerow(row)
     return buffer.getvalue()
 
 
