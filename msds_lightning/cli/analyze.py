@@ -1,5 +1,6 @@
-"""``msds analyze RESULTS... [--radii R...] [--format markdown|latex|csv] [--output FILE] [--plot PNG]``:
-certified accuracy, ACR and abstention per result file (:mod:`msds_lightning.results.analysis`)."""
+"""``msds analyze RESULTS... [--radii R...] [--format markdown|latex|csv] [--output FILE] [--plot PNG]
+[--high-prob ALPHA RHO]``: certified accuracy, ACR and abstention per result file, optionally Cohen et al.'s
+high-probability accuracy (:mod:`msds_lightning.results.analysis`)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=sorted(FORMATTERS), default="markdown", help="table format")
     p.add_argument("--output", "-o", help="also write the table to this file")
     p.add_argument("--plot", help="write a certified-accuracy-vs-radius plot (PNG) to this path")
+    p.add_argument("--high-prob", nargs=2, type=float, metavar=("ALPHA", "RHO"),
+                   help="also give Cohen et al.'s high-probability accuracy at each radius: a lower bound on the "
+                   "certified accuracy holding with probability 1-RHO, for certificates that each fail with "
+                   "probability ALPHA (certify's alpha); e.g. 0.001 0.001")  # fmt: skip
     return p
 
 
@@ -30,10 +35,11 @@ def main(argv: Sequence[str]) -> int:
     import numpy as np
 
     from ..results import read_results
-    from ..results.analysis import FORMATTERS, plot_certified_accuracy, summarize
+    from ..results.analysis import FORMATTERS, check_high_prob_levels, plot_certified_accuracy, summarize
 
     if any(r < 0 for r in args.radii):
         raise ValueError(f"--radii must be >= 0, got {args.radii}")
+    high_prob = None if args.high_prob is None else check_high_prob_levels(*args.high_prob)
     results = [read_results(p) for p in args.results]
     for path, res in zip(args.results, results):
         if len(res) == 0:
@@ -42,7 +48,7 @@ def main(argv: Sequence[str]) -> int:
         if nan or inf:  # NaN never counts as certified, inf counts at every radius: say so
             print(f"msds analyze: warning: {path} has {nan} NaN and {inf} infinite radius value(s); NaN rows "
                   f"count as not certified, infinite ones as certified at every radius", file=sys.stderr)  # fmt: skip
-    table = FORMATTERS[args.format]([summarize(r, args.radii) for r in results])
+    table = FORMATTERS[args.format]([summarize(r, args.radii, high_prob) for r in results])
     sys.stdout.write(table)
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
