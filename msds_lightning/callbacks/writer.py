@@ -32,9 +32,9 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from ..results import ResultWriter, merge_result_files, read_results, scan_result_files
+from ..results.analysis import CIFAR10_RADII, format_markdown, summarize
 from ..results.prediction import PredictionWriter as PredictionRowWriter
 from ..results.prediction import merge_prediction_files, prediction_summary, scan_prediction_files
-from ..results.analysis import CIFAR10_RADII, format_markdown, summarize
 from ..runs import OutputLock, check_fingerprint, check_output_path, fingerprint_path, write_fingerprint
 
 OVERWRITE_HINT = "--results.overwrite true"
