@@ -3,10 +3,11 @@
 from .curves import CertifiedAccuracyLogger
 from .ema import CopyThenEMAWeightAveraging
 from .samples import DenoisedSamplesLogger
-from .writer import CertificationWriter
+from .writer import CertificationWriter, PredictionWriter
 
 __all__ = [
     "CertificationWriter",
+    "PredictionWriter",
     "CertifiedAccuracyLogger",
     "CopyThenEMAWeightAveraging",
     "DenoisedSamplesLogger",

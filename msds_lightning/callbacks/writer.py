@@ -33,6 +33,8 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from ..results import ResultWriter, merge_result_files, read_results, scan_result_files
 from ..results.analysis import CIFAR10_RADII, format_markdown, summarize
+from ..results.prediction import PredictionWriter as PredictionRowWriter
+from ..results.prediction import merge_prediction_files, prediction_summary, scan_prediction_files
 from ..runs import OutputLock, check_fingerprint, check_output_path, fingerprint_path, write_fingerprint
 
 OVERWRITE_HINT = "--results.overwrite true"
@@ -156,23 +158,22 @@ class CertificationWriter(BasePredictionWriter):
             self.prepare()  # done already by `msds certify`; here for runs driven from Python
         trainer.strategy.barrier()  # the output is locked and checked (or discarded) before anyone reads it
         size = _dataset_size(trainer)
-        scan = scan_result_files(self._existing(), size)
+        scan = self._scan(self._existing(), size)
         if scan.problems and trainer.is_global_zero:
             rank_zero_warn(
-                f"{len(scan.problems)} malformed result row(s) skipped; their images are certified again:\n  "
+                f"{len(scan.problems)} malformed result row(s) skipped; their images are done again:\n  "
                 + "\n  ".join(scan.problems[:10])
             )
         trainer.strategy.barrier()  # everyone has read the old shards before anyone appends to them
         pl_module.skip_indices = set(scan.rows)
         if scan.rows:
-            rank_zero_info(f"resuming: {len(scan.rows)} image(s) already certified in {self.output}")
+            rank_zero_info(f"resuming: {len(scan.rows)} image(s) already done in {self.output}")
         shard = self.shard_dir / f"rank{trainer.global_rank}.tsv"
         self.shard_dir.mkdir(parents=True, exist_ok=True)
         self._shard_lock = OutputLock(shard, hint="give another --results.output").acquire()
         if trainer.is_global_zero and self.fingerprint is not None:
             write_fingerprint(self.shard_dir / "fingerprint.json", self.fingerprint)
-        columns = getattr(pl_module, "extra_columns", ())
-        self._writer = ResultWriter(shard, extra_columns=columns)
+        self._writer = self._row_writer(shard, getattr(pl_module, "extra_columns", ()))
         self._stop_signal = None
         self._install_signal_handlers()
 
@@ -198,28 +199,37 @@ class CertificationWriter(BasePredictionWriter):
             ) and not trainer.fast_dev_run
             indices = getattr(trainer.predict_dataloaders.dataset, "indices", None)
             shards = [p for p in self._existing() if p.is_file()]
-            count = merge_result_files(
-                shards, self.output, expected=indices if complete else None, size=_dataset_size(trainer)
-            )
+            count = self._merge(shards, indices if complete else None, _dataset_size(trainer))
             for shard in shards[1:]:  # the merge is written and verified: the shards can go
                 shard.unlink()
             shutil.rmtree(self.shard_dir, ignore_errors=True)  # fingerprint copy and lock files
-            results = read_results(self.output)
-            note = ""
-            if indices is not None:
-                current = results.subset(indices)
-                if len(current) < len(results):
-                    note = (f"\n({len(results) - len(current)} row(s) of {self.output} lie outside this run's "
-                            f"index set (other skip/max) and are not in this table)\n")  # fmt: skip
-                results = current
-            precision = str(trainer.precision)
-            if precision not in ("32", "32-true", "64", "64-true"):  # label reduced-precision certificates
-                note += (f"\n(precision {precision}: the base classifier ran in reduced precision; these "
-                         "certificates hold for that classifier, not for its fp32 version)\n")  # fmt: skip
-            table = format_markdown([summarize(results, self.radii)]) + note
+            table = self._summary(indices) + _precision_note(str(trainer.precision))
             self.output.with_suffix(".md").write_text(table)
-            rank_zero_info(f"\n{count} images certified -> {self.output}\n\n{table}")
+            rank_zero_info(f"\n{count} images {self.done_word} -> {self.output}\n\n{table}")
         trainer.strategy.barrier()
+
+    # --- the row format (PredictionWriter overrides these) ------------------------------------------------
+    done_word = "certified"
+
+    def _scan(self, paths, size):
+        return scan_result_files(paths, size)
+
+    def _row_writer(self, path, extra_columns):
+        return ResultWriter(path, extra_columns=extra_columns)
+
+    def _merge(self, shards, expected, size) -> int:
+        return merge_result_files(shards, self.output, expected=expected, size=size)
+
+    def _summary(self, indices) -> str:
+        """The summary table of the run's index set (all rows when it is unknown)."""
+        results, note = read_results(self.output), ""
+        if indices is not None:
+            current = results.subset(indices)
+            if len(current) < len(results):
+                note = (f"\n({len(results) - len(current)} row(s) of {self.output} lie outside this run's "
+                        f"index set (other skip/max) and are not in this table)\n")  # fmt: skip
+            results = current
+        return format_markdown([summarize(results, self.radii)]) + note
 
     def on_exception(self, trainer, pl_module, exception) -> None:
         self.close()  # Lightning's teardown then reinstates its saved handlers; `msds certify` closes again
@@ -227,6 +237,44 @@ class CertificationWriter(BasePredictionWriter):
     def teardown(self, trainer, pl_module, stage: str) -> None:
         if stage == "predict":
             self.close()
+
+
+def _precision_note(precision: str) -> str:
+    """Under the summary of a reduced-precision run: what its rows hold for."""
+    if precision in ("32", "32-true", "64", "64-true"):
+        return ""
+    return (f"\n(precision {precision}: the base classifier ran in reduced precision; these results hold for "
+            "that classifier, not for its fp32 version)\n")  # fmt: skip
+
+
+class PredictionWriter(CertificationWriter):
+    """:class:`CertificationWriter` for ``msds predict`` rows (:mod:`msds_lightning.results.prediction`):
+    the same shards, locks, fingerprint, resume, merge and stop signals; the summary gives accuracy and
+    abstention. :param radii: unused (kept so the two writers take the same arguments)."""
+
+    done_word = "predicted"
+
+    def __init__(
+        self, output: str = "outputs/predict.tsv", radii: Sequence[float] = CIFAR10_RADII,
+        progress_interval: float = 300.0, overwrite: bool = False,
+    ):  # fmt: skip
+        super().__init__(output, radii, progress_interval, overwrite)
+
+    def _scan(self, paths, size):
+        return scan_prediction_files(paths, size)
+
+    def _row_writer(self, path, extra_columns):
+        return PredictionRowWriter(path, extra_columns=extra_columns)
+
+    def _merge(self, shards, expected, size) -> int:
+        return merge_prediction_files(shards, self.output, expected=expected, size=size)
+
+    def _summary(self, indices) -> str:
+        rows = scan_prediction_files([self.output]).dicts(cast=str)
+        if indices is not None:
+            wanted = set(indices)
+            rows = [r for r in rows if int(r["idx"]) in wanted]
+        return prediction_summary(rows, self.output.name) + "\n"
 
 
 def _dataset_size(trainer) -> int | None:

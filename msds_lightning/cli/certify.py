@@ -1,6 +1,9 @@
 """``msds certify -c CONFIG.yaml [--section.key value ...] [--print_config]``: certify a data set with a
 (denoised-)smoothed classifier — :class:`~msds_lightning.modules.CertifyModule`, any data module and the
-result writer (``results`` section: :class:`~msds_lightning.callbacks.CertificationWriter`)."""
+result writer (``results`` section: :class:`~msds_lightning.callbacks.CertificationWriter`).
+
+``msds predict -c CONFIG.yaml ...``: the same for PREDICT (:class:`~msds_lightning.modules.PredictModule`,
+:class:`~msds_lightning.callbacks.PredictionWriter`): g(x) or abstain per image, no radius."""
 
 from __future__ import annotations
 
@@ -19,28 +22,41 @@ def certify_arguments(parser) -> None:
     parser.link_arguments("results.radii", "model.radii")
 
 
+def predict_arguments(parser) -> None:
+    from ..callbacks import PredictionWriter
+
+    parser.add_lightning_class_args(PredictionWriter, "results")
+
+
 def main(argv: Sequence[str]) -> int:
-    """``msds certify``: :class:`CertifyModule`, any data module, and the result writer (``results``).
+    """``msds certify``: :class:`CertifyModule`, any data module, and the result writer (``results``)."""
+    from ..modules import CertifyModule
+
+    return run(CertifyModule, argv, "msds certify", certify_arguments)
+
+
+def predict(argv: Sequence[str]) -> int:
+    """``msds predict``: :class:`PredictModule`, any data module, and the prediction writer (``results``)."""
+    from ..modules import PredictModule
+
+    return run(PredictModule, argv, "msds predict", predict_arguments)
+
+
+def run(module_class, argv: Sequence[str], prog: str, add_arguments) -> int:
+    """One ``trainer.predict`` pass of ``module_class`` with its row writer.
 
     Resuming is the writer's job (finished indices are skipped), so under SLURM Lightning's own
     auto-requeue (which saves and reloads ``hpc_ckpt_*.ckpt``) is turned off, and a run refuses to start
-    where Lightning would silently load such a training checkpoint into the certification model.
+    where Lightning would silently load such a training checkpoint into the model.
     """
     from lightning.pytorch.plugins.environments import SLURMEnvironment
-
-    from ..modules import CertifyModule
 
     defaults = {"logger": False, "enable_checkpointing": False, "enable_model_summary": False}
     on_slurm = SLURMEnvironment.detect()
     if on_slurm:
         defaults["plugins"] = [SLURMEnvironment(auto_requeue=False)]
     cli = lightning_cli(
-        CertifyModule,
-        argv,
-        "msds certify",
-        add_arguments=certify_arguments,
-        save_config_callback=None,
-        trainer_defaults=defaults,
+        module_class, argv, prog, add_arguments=add_arguments, save_config_callback=None, trainer_defaults=defaults
     )
     hpc = sorted(Path(cli.trainer.default_root_dir).glob("hpc_ckpt_*.ckpt"))
     if on_slurm and hpc:
@@ -65,7 +81,7 @@ def main(argv: Sequence[str]) -> int:
             cli.parser.save(cli.config, output.with_suffix(".config.yaml"), overwrite=True, skip_validation=True)
         cli.trainer.predict(cli.model, datamodule=cli.datamodule, return_predictions=False)
     except CertificationStopped as stop:
-        print(f"msds certify: {stop} after writing the finished rows to {writer.shard_dir}; rerun the same "
+        print(f"{prog}: {stop} after writing the finished rows to {writer.shard_dir}; rerun the same "
               f"command to resume", file=sys.stderr)  # fmt: skip
         return 128 + stop.signum
     finally:
@@ -83,7 +99,7 @@ _UNFINGERPRINTED = {
 
 
 def certify_fingerprint(config: dict) -> dict[str, object]:
-    """The run fingerprint of a resolved ``msds certify`` config (see :mod:`msds_lightning.runs`): the model
+    """The run fingerprint of a resolved ``msds certify`` (or ``msds predict``) config (see :mod:`msds_lightning.runs`): the model
     section (σ, n0, n, α, seed, noise block, sampling, the classifier and denoiser with their arguments)
     with local checkpoint paths replaced by content hashes, the trainer's precision, the data module's
     class and split, and for adaptive sampling the radius grid it stops on."""

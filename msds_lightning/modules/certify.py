@@ -22,9 +22,49 @@ from ..models import DenoiseAndClassify
 from ..smoothing import NOISE_BLOCK, Engine, IgnoreSigma
 from ..smoothing.adaptive import AdaptiveSampling, check_sampling
 from ..smoothing.checks import check_alpha, check_count
+from ..smoothing.multiscale import check_prediction_p0
 
 
-class CertifyModule(LightningModule):
+class SmoothedClassifierModule(LightningModule):
+    """What certification and prediction share: the base classifier f(x_noisy, σ) — ``classifier`` alone
+    (Gaussian smoothing) or ``classifier(denoiser(x_noisy, σ))`` — the :class:`Engine` over the σ, and the
+    indices finished by an earlier, interrupted run (``skip_indices``, set by the writer). Arguments as in
+    :class:`CertifyModule`."""
+
+    def __init__(self, classifier, denoiser, num_classes, sigma, p0, **engine_options):
+        super().__init__()
+        self.classifier = classifier
+        self.denoiser = denoiser
+        # the base classifier f(x_noisy, σ): denoise at σ then classify, or classify x + δ as it is
+        self.base_classifier = (
+            IgnoreSigma(classifier) if denoiser is None else DenoiseAndClassify(denoiser, classifier)
+        )
+        # a list of σ, even of one, is a cascade (its own rows); one number is Cohen's rule
+        cascade = isinstance(sigma, list | tuple)
+        self.engine = Engine(self.base_classifier, num_classes, sigma, p0, cascade=cascade, **engine_options)
+        self.sigmas, self.p0, self.num_classes = self.engine.sigmas, self.engine.p0, self.engine.num_classes
+        if hasattr(denoiser, "timestep_for_sigma"):  # fail now, not hours into a run, if σ is out of reach
+            for s in self.sigmas:
+                denoiser.timestep_for_sigma(s)
+        self.skip_indices: set[int] = set()
+
+    def forward(self, x_noisy: torch.Tensor, sigma: float) -> torch.Tensor:
+        return self.base_classifier(x_noisy, sigma)
+
+    def to_do(self, batch) -> tuple[torch.Tensor, list[int], list[int]]:
+        """The images, labels and indices of a batch that no earlier run finished."""
+        images, labels, indices = batch
+        todo = [k for k, i in enumerate(indices.tolist()) if i not in self.skip_indices]
+        return images[todo], labels[todo].tolist(), indices[todo].tolist()
+
+
+def _adaptive(sampling, radii, tolerance, first_checkpoint, checkpoint_ratio, final_share):
+    if check_sampling(sampling) != "adaptive":
+        return None
+    return AdaptiveSampling(first_checkpoint, checkpoint_ratio, final_share, tolerance, tuple(radii or ()))
+
+
+class CertifyModule(SmoothedClassifierModule):
     """Certify a (denoised-)smoothed classifier over a data set.
 
     :param classifier: maps [B,C,H,W] pixels in [0,1] to logits [B,num_classes] (normalisation inside)
@@ -82,52 +122,28 @@ class CertifyModule(LightningModule):
         checkpoint_ratio: float = 2.0,
         final_share: float = 0.5,
     ):
-        super().__init__()
+        super().__init__(classifier, denoiser, num_classes, sigma, p0, batch_size=batch_size, seed=seed,
+                         noise_block=noise_block, compile=compile,
+                         sampling=_adaptive(sampling, radii, tolerance, first_checkpoint, checkpoint_ratio, final_share))  # fmt: skip
         # kept in ``self.hparams`` and checkpoints, not logged: the data module logs its own, and Lightning
         # refuses to merge the two when a shared key (batch_size) differs
         self.save_hyperparameters(ignore=["classifier", "denoiser"], logger=False)
         self.n0, self.n = check_count(n0, "n0"), check_count(n, "n")
         self.alpha = check_alpha(alpha)
-        self.classifier = classifier
-        self.denoiser = denoiser
-        # the base classifier f(x_noisy, σ): denoise at σ then classify, or classify x + δ as it is
-        self.base_classifier = (
-            IgnoreSigma(classifier) if denoiser is None else DenoiseAndClassify(denoiser, classifier)
-        )
         self.sampling = check_sampling(sampling)
-        adaptive = AdaptiveSampling(
-            first_checkpoint, checkpoint_ratio, final_share, tolerance, tuple(radii or ())
-        )
-        # a list of σ, even of one, is a cascade (its own rows); one number is Cohen's rule
-        self.engine = Engine(
-            self.base_classifier, num_classes, sigma, p0, cascade=isinstance(sigma, list | tuple), seed=seed,
-            batch_size=batch_size, noise_block=noise_block, compile=compile,
-            sampling=adaptive if sampling == "adaptive" else None,
-        )  # fmt: skip
-        self.sigmas, self.p0, self.num_classes = self.engine.sigmas, self.engine.p0, self.engine.num_classes
-        if hasattr(denoiser, "timestep_for_sigma"):  # fail now, not hours into a run, if σ is out of reach
-            for s in self.sigmas:
-                denoiser.timestep_for_sigma(s)
         if self.engine.cascade:
             per_level = [f"{name}@{s:g}" for s in self.sigmas for name in ("c", "nA", "N", "pL", "pU")]
             self.extra_columns = ("level", "sigma", "stage", "n0", "n", "p0", "samples", *per_level)
         else:
             self.extra_columns = ("sigma", "n0", "n", "nA", "pA_lower", "samples")
-        # finished images of an earlier, interrupted run (set by the writer)
-        self.skip_indices: set[int] = set()
-
-    def forward(self, x_noisy: torch.Tensor, sigma: float) -> torch.Tensor:
-        return self.base_classifier(x_noisy, sigma)
 
     def predict_step(self, batch, batch_idx: int) -> list[dict]:
-        images, labels, indices = batch
-        todo = [k for k, i in enumerate(indices.tolist()) if i not in self.skip_indices]
-        if not todo:
+        images, labels, indices = self.to_do(batch)
+        if not indices:
             return []
-        images, labels, indices = images[todo], labels[todo].tolist(), indices[todo].tolist()
         start = time.perf_counter()
         certificates = self.engine.certify(images, indices, self.n0, self.n, self.alpha)
-        seconds = (time.perf_counter() - start) / len(todo)  # images of a step share forwards: split evenly
+        seconds = (time.perf_counter() - start) / len(indices)  # images of a step share forwards: split evenly
         rows = []
         for i, y, c in zip(indices, labels, certificates):
             row = dict(
@@ -144,5 +160,62 @@ class CertifyModule(LightningModule):
                                 f"pU@{s:g}": r.p_upper if r else ""})  # fmt: skip
             else:
                 row.update(sigma=self.sigmas[0], n=c.n, nA=c.n_a, pA_lower=c.p_lower, samples=self.n0 + c.n)
+            rows.append(row)
+        return rows
+
+
+class PredictModule(SmoothedClassifierModule):
+    """PREDICT a (denoised-)smoothed classifier over a data set (Cohen et al.'s ``predict.py``): one row per
+    image with g(x) or -1 (abstain); an answer differs from g(x) with probability at most ``alpha``.
+
+    One σ: Cohen's PREDICT (a binomial test of the top two of ``n`` draws at level α; ``n0`` unused). A list
+    of σ: the cascade top down, :func:`~msds_lightning.smoothing.multiscale.cascade_prediction` at each
+    level (``n0`` selection draws choose the class, ``n`` fresh draws decide, α/(2L) per bound; p0 >= 1/2).
+    Arguments as in :class:`CertifyModule`; field defaults of ``predict.py``: n = 100,000, α = 0.001.
+    """
+
+    def __init__(
+        self,
+        classifier: torch.nn.Module,
+        denoiser: torch.nn.Module | None = None,
+        num_classes: int = 10,
+        sigma: float | list[float] = 0.25,
+        n0: int = 100,
+        n: int = 100_000,
+        alpha: float = 0.001,
+        batch_size: int | Literal["auto"] = 1000,
+        seed: int = 0,
+        noise_block: int = NOISE_BLOCK,
+        p0: float = 0.5,
+        compile: bool | str = False,
+    ):
+        super().__init__(classifier, denoiser, num_classes, sigma, p0, batch_size=batch_size, seed=seed,
+                         noise_block=noise_block, compile=compile)  # fmt: skip
+        self.save_hyperparameters(ignore=["classifier", "denoiser"], logger=False)
+        self.n0, self.n = check_count(n0, "n0"), check_count(n, "n")
+        self.alpha = check_alpha(alpha)
+        if self.engine.cascade:
+            check_prediction_p0(self.p0)
+            self.extra_columns = ("level", "sigma", "stage", "n0", "n", "p0", "nA", "nB", "samples")
+        else:
+            self.extra_columns = ("sigma", "n", "nA", "nB", "samples")
+
+    def predict_step(self, batch, batch_idx: int) -> list[dict]:
+        images, labels, indices = self.to_do(batch)
+        if not indices:
+            return []
+        start = time.perf_counter()
+        predictions = self.engine.predict_with_levels(images, indices, self.n, self.alpha, self.n0)
+        seconds = (time.perf_counter() - start) / len(indices)  # images of a step share forwards: split evenly
+        rows = []
+        for i, y, p in zip(indices, labels, predictions):
+            top, second = sorted(p.counts, reverse=True)[:2]
+            row = dict(idx=i, label=y, predict=p.prediction, seconds=seconds, n=self.n, nA=top, nB=second,
+                       samples=p.samples)  # fmt: skip
+            if self.engine.cascade:
+                row.update(level=p.level, sigma=p.sigma if p.level >= 0 else 0.0, stage=p.stage, n0=self.n0,
+                           p0=self.p0)  # fmt: skip
+            else:
+                row.update(sigma=self.sigmas[0])
             rows.append(row)
         return rows

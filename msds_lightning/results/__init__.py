@@ -2,6 +2,7 @@
 
 * :mod:`.tsv` — the one resumable row-file appender, scanner and merger (certification and attacks);
 * :mod:`.certification` — the certification row (Cohen et al.'s columns first), its writer and reader;
+* :mod:`.prediction` — the ``msds predict`` row (Cohen et al.'s ``predict.py`` columns first) and its summary;
 * :mod:`.analysis` — certified accuracy, ACR and abstention tables and plots (``msds analyze``);
 * :mod:`.compare` — paired comparisons of two result files (``msds compare``).
 """

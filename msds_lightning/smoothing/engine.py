@@ -18,7 +18,8 @@ classifies each input independently of its batch-mates, i.e. in eval mode, up to
 of batched kernels, which can only matter for inputs on a decision boundary.)
 
 Streams: phase ``SELECTION`` (n0 draws that choose the class), ``ESTIMATION`` (n fresh draws that bound
-its probability) and ``PREDICTION``. The level of a cascade is *not* part of the key: every level draws
+its probability), ``PREDICTION`` (PREDICT's n draws) and ``PREDICTION_SELECTION`` (the cascade PREDICT's
+n0 draws that choose the class before its n ``PREDICTION`` draws). The level of a cascade is *not* part of the key: every level draws
 the same δ (common random numbers), so level k's counts equal a one-σ run at σ_k with the same seed; each
 level's bound holds on its own, and the union bound over levels needs no independence between them.
 """
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -34,10 +36,16 @@ import torch
 from .adaptive import AdaptiveSampling, fixed_plan
 from .checks import check_alpha, check_count, check_images, check_num_classes, check_p0, check_sigmas
 from .core import ABSTAIN, Certificate, _eval, decide, predict_from_counts, predicted_labels
-from .multiscale import LevelRecord, MultiScaleCertificate, cascade_decision, cascade_prediction
+from .multiscale import (
+    LevelRecord,
+    MultiScaleCertificate,
+    cascade_decision,
+    cascade_prediction,
+    check_prediction_p0,
+)
 from .outcome import Outcome
 
-SELECTION, ESTIMATION, PREDICTION = 0, 1, 2
+SELECTION, ESTIMATION, PREDICTION, PREDICTION_SELECTION = 0, 1, 2, 3
 AUTO = "auto"
 NOISE_BLOCK = 256
 """Default number of samples drawn per RNG block. Part of the reproducibility key: changing it changes
@@ -332,28 +340,43 @@ class Engine:
             return Outcome.CONTINUE, None, None
         return (Outcome.ABSTAIN if cert.abstained else Outcome.CERTIFY), cert, None
 
-    def predict(self, images: torch.Tensor, indices: Sequence[int], n: int, alpha: float) -> list[int]:
-        """PREDICT each image: Cohen's binomial test of the top two counts at level α, or the cascade top
-        down (:func:`~.multiscale.cascade_prediction`); ``ABSTAIN`` when unsure."""
+    def predict(
+        self, images: torch.Tensor, indices: Sequence[int], n: int, alpha: float, n0: int = 100
+    ) -> list[int]:
+        """PREDICT each image: g(x) or ``ABSTAIN``; an answer is wrong with probability at most α. One σ:
+        Cohen's binomial test of the top two of n draws at level α (n0 unused). Cascade: top down,
+        :func:`~.multiscale.cascade_prediction` at each level on n0 selection and n estimation draws."""
+        return [p.prediction for p in self.predict_with_levels(images, indices, n, alpha, n0)]
+
+    def predict_with_levels(
+        self, images: torch.Tensor, indices: Sequence[int], n: int, alpha: float, n0: int = 100
+    ) -> list[Prediction]:
+        """:meth:`predict` with, per image, the level that answered and the last level's counts."""
         indices = self._check(images, indices)
-        n, alpha = check_count(n, "n"), check_alpha(alpha)
+        n, alpha, n0 = check_count(n, "n"), check_alpha(alpha), check_count(n0, "n0")
+        p0 = check_prediction_p0(self.p0) if self.cascade else self.p0
         _eval(self.base_classifier)
-        answers, active = [ABSTAIN] * len(indices), list(range(len(indices)))
+        results: list = [None] * len(indices)
+        active = list(range(len(indices)))
         for stage, sigma in enumerate(self.sigmas):
-            counts, lower = self._counts(images, indices, active, n, sigma, PREDICTION), []
-            for row, k in zip(counts, active):
-                if self.cascade:
-                    answer = cascade_prediction(stage, sigma, row, alpha, self.p0)
-                else:
-                    answer = predict_from_counts(row, alpha)
-                if answer is None:
-                    lower.append(k)
-                else:
-                    answers[k] = answer
-            active = lower
             if not active:
                 break
-        return answers
+            selection = self._counts(images, indices, active, n0, sigma, PREDICTION_SELECTION) if self.cascade else None
+            counts, lower = self._counts(images, indices, active, n, sigma, PREDICTION), []
+            for row, k in enumerate(active):
+                if self.cascade:
+                    answer = cascade_prediction(selection[row], counts[row], alpha, p0, len(self.sigmas))
+                else:
+                    answer = predict_from_counts(counts[row], alpha)
+                samples = (stage + 1) * (n + (n0 if self.cascade else 0))
+                if answer is None and stage < len(self.sigmas) - 1:
+                    lower.append(k)
+                    continue
+                answer = ABSTAIN if answer is None else answer
+                level = stage if answer != ABSTAIN else -1
+                results[k] = Prediction(answer, level, stage, sigma, tuple(int(v) for v in counts[row]), samples)
+            active = lower
+        return results
 
     def _counts(self, images, indices, rows, num, sigma, phase, start: int = 0) -> np.ndarray:
         """Host counts [len(rows), num_classes] of the images at positions ``rows`` in one phase."""
@@ -369,6 +392,20 @@ class Engine:
         if any(i < 0 for i in indices):
             raise ValueError(f"indices must be dataset indices >= 0, got {indices}")
         return indices
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One PREDICT answer: ``prediction`` (class or ``ABSTAIN``), ``level`` (cascade index, 0 = highest σ, of
+    the level that answered; -1 on abstain), ``stage`` and ``sigma`` of the last level visited, that level's
+    estimation ``counts`` and the draws spent on the image (``samples``)."""
+
+    prediction: int
+    level: int
+    stage: int
+    sigma: float
+    counts: tuple[int, ...] = field(repr=False)
+    samples: int
 
 
 class IgnoreSigma(torch.nn.Module):

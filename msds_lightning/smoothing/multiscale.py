@@ -184,11 +184,34 @@ def cascade_decision(
     return Outcome.LOWER, None, record  # this level cannot fire (proven below p0): go to the next lower σ
 
 
-def cascade_prediction(stage: int, sigma: float, counts: np.ndarray, alpha: float, p0: float) -> int | None:
-    """PREDICT at one level: n draws choose ĉ and give its interval at α/(s+1) (the same draws, as in
-    Cohen's PREDICT); ĉ if it lies above p0, ABSTAIN if it straddles p0, ``None`` (go lower) if below."""
-    outcome, cert, _ = cascade_decision(stage, sigma, counts, counts, alpha, p0, [])
-    return None if outcome == Outcome.LOWER else cert.prediction
+def check_prediction_p0(p0: float) -> float:
+    """PREDICT's guarantee needs p0 >= 1/2: then a class other than the one above p0 lies below p0 too."""
+    if not 0.5 <= check_p0(p0) < 1:
+        raise ValueError(f"cascade PREDICT needs 1/2 <= p0 < 1 (its guarantee rests on it), got {p0!r}")
+    return float(p0)
+
+
+def cascade_prediction(
+    counts_selection: np.ndarray, counts: np.ndarray, alpha: float, p0: float, levels: int
+) -> int | None:
+    """PREDICT at one level of a cascade of ``levels`` levels: ĉ = the top class of the n0 selection draws;
+    with the n *fresh* estimation draws, each bound at ``α / (2·levels)``:
+
+    * ĉ when the Clopper–Pearson lower bound of its probability exceeds p0;
+    * ``None`` (go to the next lower σ) when the upper bound of the *largest* estimation count lies below
+      p0, so no class reaches p0 here;
+    * ``ABSTAIN`` otherwise.
+
+    With p0 >= 1/2 the answer of the whole cascade differs from g(x) with probability at most α (proof in
+    docs/certification.md, "Prediction (PREDICT) and what it guarantees")."""
+    n = int(np.sum(counts))
+    side = alpha / (2 * levels)
+    selected = int(np.argmax(counts_selection))  # first maximum: ties go to the lowest class
+    if clopper_pearson_interval(int(counts[selected]), n, side)[0] > p0:
+        return selected
+    if clopper_pearson_interval(int(np.max(counts)), n, side)[1] < p0:
+        return None
+    return ABSTAIN
 
 
 class MultiScaleSmooth:
@@ -236,14 +259,18 @@ class MultiScaleSmooth:
             passed.append(record)
         return MultiScaleCertificate(ABSTAIN, 0.0, -1, len(self.sigmas) - 1, self.sigmas[-1], tuple(passed))
 
-    def predict(self, x: torch.Tensor, n: int, alpha: float, batch_size: int) -> int:
-        """Top-down prediction without a certificate (:func:`cascade_prediction` at each level)."""
+    def predict(self, x: torch.Tensor, n: int, alpha: float, batch_size: int, n0: int = 100) -> int:
+        """Top-down PREDICT (:func:`cascade_prediction` at each level: n0 selection draws, then n estimation
+        draws, in the order of :meth:`certify`'s stream): g(x) or ``ABSTAIN``; a wrong answer has
+        probability at most α. Needs p0 >= 1/2."""
         check_images(x)
         n, alpha, batch_size = check_count(n, "n"), check_alpha(alpha), check_count(batch_size, "batch_size")
+        n0, p0 = check_count(n0, "n0"), check_prediction_p0(self.p0)
         _eval(self.base_classifier)
-        for stage, sigma in enumerate(self.sigmas):
+        for sigma in self.sigmas:
+            counts_selection = self._sample_noise(x, sigma, n0, batch_size)
             counts = self._sample_noise(x, sigma, n, batch_size)
-            answer = cascade_prediction(stage, sigma, counts, alpha, self.p0)
+            answer = cascade_prediction(counts_selection, counts, alpha, p0, len(self.sigmas))
             if answer is not None:
                 return answer
         return ABSTAIN
