@@ -2,7 +2,7 @@ import math
 
 import numpy as np
 import pytest
-from scipy.stats import norm
+from scipy.stats import beta, norm
 from statsmodels.stats.proportion import proportion_confint
 
 from msds_lightning.results import format_radius
@@ -40,18 +40,45 @@ def test_golden_clopper_pearson_and_radius(n_a, n, p_lower, radius, text):
     assert format_radius(cert.radius) == text
 
 
-def test_lower_bound_is_bitwise_statsmodels_reference_call():
+def _counts(rng, n):
+    ks = np.unique(np.concatenate([[0, 1, n - 1, n], rng.integers(0, n + 1, size=50)]))
+    return ks[(ks >= 0) & (ks <= n)]
+
+
+def test_bounds_are_bitwise_statsmodels_reference_call():
+    # Our one-sided bounds at α are the two ends of statsmodels' two-sided interval at 2α.
     rng = np.random.default_rng(0)
-    for n in (1, 2, 10, 100, 1000, 10000, 100000):
-        for alpha in (0.001, 0.01, 0.05, 0.3):
-            ks = np.unique(np.concatenate([[0, 1, n - 1, n], rng.integers(0, n + 1, size=50)]))
-            ks = ks[(ks >= 0) & (ks <= n)]
-            for k in ks:
+    for n in (1, 2, 3, 10, 100, 1000, 10000, 100000, 1000000):
+        for alpha in (1e-6, 0.0005, 0.001, 0.01, 0.05, 0.3):
+            for k in _counts(rng, n):
                 reference = proportion_confint(int(k), n, alpha=2 * alpha, method="beta")
                 assert clopper_pearson_lower(int(k), n, alpha) == reference[0]
-                assert clopper_pearson_upper(int(k), n, alpha) == pytest.approx(
-                    reference[1], rel=1e-13, abs=0
-                )
+                assert clopper_pearson_upper(int(k), n, alpha) == reference[1]
+
+
+def test_vectorised_bounds_are_bitwise_statsmodels():
+    rng = np.random.default_rng(1)
+    for n in (1, 7, 100, 100000):
+        ks = _counts(rng, n)
+        for alpha in (0.001, 0.05):
+            lower, upper = proportion_confint(ks, n, alpha=2 * alpha, method="beta")
+            got_lower, got_upper = clopper_pearson_interval(ks, n, alpha)
+            assert np.array_equal(got_lower, lower) and np.array_equal(got_upper, upper)
+            assert np.array_equal(clopper_pearson_lower(ks, np.full_like(ks, n), alpha), lower)
+
+
+def test_upper_bound_is_isf_not_one_minus_alpha_ppf():
+    # beta.ppf(1 - α, ...) is the same bound mathematically but not always to the last bit; statsmodels'
+    # beta.isf(α, ...) is what the upper bound reproduces.
+    rng = np.random.default_rng(2)
+    differ = 0
+    for n in (10, 1000, 100000):
+        ks = _counts(rng, n)
+        ks = ks[ks < n]
+        upper = clopper_pearson_upper(ks, n, 0.001)
+        assert np.array_equal(upper, beta.isf(0.001, ks + 1.0, n - ks + 0.0))
+        differ += int(np.count_nonzero(upper != beta.ppf(1 - 0.001, ks + 1, n - ks)))
+    assert differ > 0
 
 
 def test_edges_are_exact_and_never_nan():

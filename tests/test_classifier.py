@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -31,6 +33,63 @@ def test_resize_then_normalize_before_the_model():
     expected = (resized - mean) / std
     torch.testing.assert_close(recorder.seen, expected)
     torch.testing.assert_close(logits, expected.mean(dim=(2, 3)))
+
+
+def test_resize_without_antialias_is_torchvisions_tensor_resize():
+    # MSDS's classifier is Sequential(torchvision Resize(224, bicubic), CLIP) on tensors, without antialias.
+    from torchvision.transforms import InterpolationMode, Resize
+
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    recorder = Recorder()
+    Classifier.from_module(recorder, input_size=224, antialias=False)(x)
+    assert torch.equal(recorder.seen, F.interpolate(x, size=(224, 224), mode="bicubic", antialias=False))
+    assert torch.equal(
+        recorder.seen, Resize(224, interpolation=InterpolationMode.BICUBIC, antialias=False)(x)
+    )
+    antialiased = F.interpolate(x, size=(224, 224), mode="bicubic", antialias=True)
+    assert (recorder.seen - antialiased).abs().max() > 0.1  # 0.108 on this image: not a rounding difference
+
+    Classifier.from_module(recorder, input_size=(16, 24), interpolation="bilinear", antialias=False)(x)
+    assert torch.equal(recorder.seen, F.interpolate(x, size=(16, 24), mode="bilinear", antialias=False))
+
+
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear", "nearest", "area"])
+def test_default_antialias_is_unchanged(interpolation):
+    # None keeps the behaviour from before the option: antialias for bilinear/bicubic only, also for timm.
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    recorder = Recorder()
+    classifier = Classifier.from_module(recorder, input_size=48, interpolation=interpolation)
+    classifier(x)
+    on = interpolation in ("bilinear", "bicubic")
+    assert classifier.antialias is on
+    assert torch.equal(recorder.seen, F.interpolate(x, size=(48, 48), mode=interpolation, antialias=on))
+    assert tiny_classifier(input_size=32).antialias is True
+    assert tiny_classifier(input_size=32, antialias=False).antialias is False
+
+
+def test_antialias_needs_a_mode_that_has_it():
+    with pytest.raises(ValueError, match="antialias=True needs interpolation 'bilinear' or 'bicubic'"):
+        Classifier.from_module(Recorder(), input_size=64, interpolation="nearest", antialias=True)
+    with pytest.raises(ValueError, match="antialias must be"):
+        Classifier.from_module(Recorder(), input_size=64, antialias="no")
+    assert "antialias=False" in repr(Classifier.from_module(Recorder(), input_size=64, antialias=False))
+
+
+def test_msds_configs_resize_without_antialias():
+    # Only the MSDS CIFAR-10 classifier resizes (32 -> 224); the ImageNet one is fed 224 px crops as they are,
+    # and Carlini et al.'s classifiers (components/) keep the antialiased resize.
+    import yaml
+
+    configs = Path(__file__).resolve().parents[1] / "msds_lightning" / "configs"
+    msds_cifar = yaml.safe_load((configs / "cifar10" / "classifier.yaml").read_text())["init_args"]
+    assert msds_cifar["antialias"] is False and msds_cifar["input_size"] == 224
+    assert msds_cifar.get("interpolation", "bicubic") == "bicubic"
+    assert (
+        "input_size"
+        not in yaml.safe_load((configs / "imagenet" / "classifier.yaml").read_text())["init_args"]
+    )
+    for carlini in (configs / "components" / "classifiers").glob("*.yaml"):
+        assert "antialias" not in yaml.safe_load(carlini.read_text())["init_args"], carlini
 
 
 def test_from_module_without_statistics_passes_pixels_through():

@@ -331,6 +331,34 @@ def test_configs_diffusers_cannot_express(shared_fixtures):
         convert_openai_state_dict({}, "guided-512")
 
 
+def test_channel_mult_other_than_one_first_is_refused_up_front(shared_fixtures, tmp_path):
+    # guided-diffusion's 512 px UNet: its first level is 0.5·model_channels wide, its timestep embedding
+    # model_channels; UNet2DModel derives both from block_out_channels[0], so it would build a zero-channel
+    # model (int(0.5) = 0) and report unexpected keys. It is refused before the checkpoint is read.
+    guided_512 = {**_manifest(shared_fixtures, "guided-256")["config"], "image_size": 512,
+                  "channel_mult": [0.5, 1, 1, 2, 2, 4, 4]}  # fmt: skip
+    expected = (
+        "OpenAI UNet config: channel_mult[0] must be 1 to convert, got 0.5 in channel_mult "
+        "(0.5, 1, 1, 2, 2, 4, 4), because diffusers' UNet2DModel makes its first level exactly as wide as its "
+        "timestep embedding (block_out_channels[0]), while this UNet's first level has 0.5·model_channels "
+        "channels and its timestep embedding model_channels."
+    )
+    with pytest.raises(ValueError) as info:
+        diffusers_config_from_openai(guided_512)
+    assert str(info.value) == expected
+    with pytest.raises(ValueError) as info:  # the file does not even exist: the config is checked first
+        convert_openai_checkpoint(tmp_path / "512x512_diffusion.pt", tmp_path / "out", "guided-256",
+                                  openai_config=guided_512)  # fmt: skip
+    assert str(info.value) == expected
+    with pytest.raises(
+        ValueError, match=r"channel_mult\[0\] must be 1 to convert, got 2 in channel_mult \(2, 2\)"
+    ):
+        diffusers_config_from_openai({**_tiny(shared_fixtures, "improved")["config"], "channel_mult": [2, 2]})
+    with pytest.raises(ValueError, match="channel_mult must list at least one level"):
+        diffusers_config_from_openai({**_tiny(shared_fixtures, "improved")["config"], "channel_mult": []})
+    assert not (tmp_path / "out").exists()
+
+
 def test_bad_destination_and_pad_to(shared_fixtures, tmp_path):
     fixture = _tiny(shared_fixtures, "improved")
     src = tmp_path / "model.pt"

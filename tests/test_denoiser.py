@@ -1,11 +1,15 @@
 import json
+import math
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
 from msds_lightning.models import DiffusionDenoiser
+from msds_lightning.models.denoiser import float64_alphas_cumprod
 
 from .tiny_models import COSINE_SCHEDULE, LINEAR_SCHEDULE, tiny_denoiser, tiny_unet_config
 
@@ -256,3 +260,143 @@ def test_cosine_schedule_matches_improved_diffusion_constants():
     expected = torch.cumprod(1 - betas, dim=0)
     actual = DDPMScheduler(**COSINE_SCHEDULE).alphas_cumprod.double()
     torch.testing.assert_close(actual, expected, atol=1e-6, rtol=1e-4)
+
+
+# ------------------------------------------------------------------------------------------------------
+# σ → t in float64, as improved-/guided-diffusion compute ᾱ
+# ------------------------------------------------------------------------------------------------------
+
+
+def improved_diffusion_alphas_cumprod(schedule: str, steps: int) -> np.ndarray:
+    """ᾱ as improved-diffusion's ``get_named_beta_schedule`` + ``GaussianDiffusion.__init__`` compute it:
+    float64 betas (``np.linspace`` for "linear", ``betas_for_alpha_bar`` of the cosine for "cosine"), then
+    ``np.cumprod(1.0 - betas)`` in float64."""
+    if schedule == "linear":
+        scale = 1000 / steps
+        betas = np.linspace(scale * 0.0001, scale * 0.02, steps, dtype=np.float64)
+    else:
+
+        def alpha_bar(t):
+            return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+
+        betas = []
+        for i in range(steps):
+            t1, t2 = i / steps, (i + 1) / steps
+            betas.append(min(1 - alpha_bar(t2) / alpha_bar(t1), 0.999))
+        betas = np.array(betas, dtype=np.float64)
+    return np.cumprod(1.0 - betas, axis=0)
+
+
+def reference_timesteps(alphas_cumprod: np.ndarray, sigmas: np.ndarray) -> np.ndarray:
+    """The first t with sqrt((1 - ᾱ_t) / ᾱ_t) >= 2σ, by brute force over the whole table."""
+    ratio = np.sqrt((1.0 - alphas_cumprod) / alphas_cumprod)
+    reached = ratio[None, :] >= 2.0 * np.asarray(sigmas, dtype=np.float64)[:, None]
+    assert reached.any(axis=1).all()
+    return reached.argmax(axis=1)
+
+
+def dense_sigma_grid() -> np.ndarray:
+    return np.linspace(0.01, 2.0, 200_001)
+
+
+def float32_path_timesteps(scheduler_config: dict, sigmas: np.ndarray) -> np.ndarray:
+    """What σ → t gave before the fix: diffusers' float32 ᾱ cast to float64, the ratio taken in torch."""
+    old = DDPMScheduler(**scheduler_config).alphas_cumprod.double()
+    return torch.searchsorted(((1.0 - old) / old).sqrt(), 2.0 * torch.from_numpy(sigmas)).numpy()
+
+
+SCHEDULES = [("cosine", 4000, COSINE_SCHEDULE), ("linear", 1000, LINEAR_SCHEDULE)]
+
+
+@pytest.mark.parametrize(("schedule", "steps", "config"), SCHEDULES)
+def test_alphas_cumprod_is_the_float64_table_of_improved_diffusion(schedule, steps, config, request):
+    denoiser = request.getfixturevalue(f"{schedule}_denoiser")
+    expected = improved_diffusion_alphas_cumprod(schedule, steps)
+    table = float64_alphas_cumprod(denoiser.scheduler)
+    assert table.dtype == torch.float64
+    assert np.array_equal(table.numpy(), expected)  # bit for bit
+    # The float32 buffers are the float64 table rounded once (improved-diffusion's tables cast to float32).
+    assert torch.equal(denoiser.alphas_cumprod, torch.from_numpy(expected).float())
+    assert torch.equal(denoiser.sqrt_alphas_cumprod, torch.from_numpy(np.sqrt(expected)).float())
+    assert torch.equal(
+        denoiser.sqrt_one_minus_alphas_cumprod, torch.from_numpy(np.sqrt(1.0 - expected)).float()
+    )
+    assert DDPMScheduler(**config).alphas_cumprod.dtype == torch.float32  # the table it replaces
+
+
+@pytest.mark.parametrize(("schedule", "steps", "config"), SCHEDULES)
+def test_sigma_to_timestep_matches_the_float64_reference(schedule, steps, config, request):
+    denoiser = request.getfixturevalue(f"{schedule}_denoiser")
+    alphas_cumprod = improved_diffusion_alphas_cumprod(schedule, steps)
+
+    papers = np.array([0.12, 0.25, 0.5, 1.0])
+    expected = reference_timesteps(alphas_cumprod, papers)
+    assert [denoiser.timestep_for_sigma(float(s)) for s in papers] == expected.tolist()
+    assert expected.tolist() == ([573, 1158, 1984, 2809] if schedule == "cosine" else [70, 145, 259, 396])
+
+    # σ exactly on a schedule boundary maps to that step; one ulp below still does, one ulp above the next.
+    steps_on_boundary = np.array([0, 1, 2, 70, 145, 259, 396, 573, steps // 2, steps - 2, steps - 1])
+    ratio = np.sqrt((1.0 - alphas_cumprod) / alphas_cumprod)
+    boundaries = ratio[steps_on_boundary] / 2.0
+    assert reference_timesteps(alphas_cumprod, boundaries).tolist() == steps_on_boundary.tolist()
+    assert [denoiser.timestep_for_sigma(float(s)) for s in boundaries] == steps_on_boundary.tolist()
+    below = np.nextafter(boundaries, 0.0)
+    assert denoiser.timesteps_for_sigmas(torch.from_numpy(below)).tolist() == steps_on_boundary.tolist()
+    above = np.nextafter(boundaries[:-1], np.inf)
+    assert (
+        denoiser.timesteps_for_sigmas(torch.from_numpy(above)).tolist()
+        == (steps_on_boundary[:-1] + 1).tolist()
+    )
+
+    grid = dense_sigma_grid()
+    expected = reference_timesteps(alphas_cumprod, grid)
+    assert np.array_equal(denoiser.timesteps_for_sigmas(torch.from_numpy(grid)).numpy(), expected)
+
+
+@pytest.mark.parametrize(
+    ("schedule", "steps", "config", "changed_on_grid"), [(*SCHEDULES[0], 88), (*SCHEDULES[1], 3)]
+)
+def test_the_float32_table_disagreed_on_a_few_sigmas(schedule, steps, config, changed_on_grid):
+    # What the fix changed: of σ ∈ linspace(0.01, 2, 200001), the old path (diffusers' float32 ᾱ, torch's
+    # float64 sqrt) mapped 88 σ one step off on the cosine T=4000 schedule and 3 σ on the linear T=1000
+    # one; σ lying exactly on a schedule boundary mostly were.
+    alphas_cumprod = improved_diffusion_alphas_cumprod(schedule, steps)
+    grid = dense_sigma_grid()
+    difference = float32_path_timesteps(config, grid) - reference_timesteps(alphas_cumprod, grid)
+    assert int(np.count_nonzero(difference)) == changed_on_grid
+    assert set(np.unique(difference).tolist()) <= {-1, 0, 1}
+    ratio = np.sqrt((1.0 - alphas_cumprod) / alphas_cumprod)
+    assert np.count_nonzero(float32_path_timesteps(config, ratio / 2.0) != np.arange(steps)) > steps // 10
+
+
+def test_trained_betas_are_taken_in_float64():
+    betas = np.linspace(1e-4, 0.02, 1000, dtype=np.float64) * (1 + 1e-9)  # not a float32-representable list
+    scheduler = DDPMScheduler(trained_betas=betas.tolist())
+    assert np.array_equal(float64_alphas_cumprod(scheduler).numpy(), np.cumprod(1.0 - betas))
+
+
+def test_scaled_linear_is_rebuilt_in_float64():
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                              beta_schedule="scaled_linear")  # fmt: skip
+    betas = np.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=np.float64) ** 2
+    assert np.array_equal(float64_alphas_cumprod(scheduler).numpy(), np.cumprod(1.0 - betas))
+
+
+@pytest.mark.parametrize(
+    "scheduler",
+    [
+        DDPMScheduler(num_train_timesteps=1000, beta_schedule="sigmoid"),
+        DDPMScheduler(**LINEAR_SCHEDULE, rescale_betas_zero_snr=True),
+        # A scheduler whose table does not follow from its config: its own table wins.
+        SimpleNamespace(
+            alphas_cumprod=torch.linspace(0.999, 0.001, 1000),
+            config=SimpleNamespace(**LINEAR_SCHEDULE, trained_betas=None),
+        ),
+        SimpleNamespace(alphas_cumprod=torch.linspace(0.999, 0.001, 10)),  # no config at all
+    ],
+    ids=["sigmoid", "zero-snr", "inconsistent", "no-config"],
+)
+def test_other_schedules_fall_back_to_the_schedulers_own_table(scheduler):
+    table = float64_alphas_cumprod(scheduler)
+    assert table.dtype == torch.float64
+    assert torch.equal(table, scheduler.alphas_cumprod.double())

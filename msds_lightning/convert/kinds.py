@@ -198,8 +198,9 @@ def diffusers_config_from_openai(
     has one, else ``sample_size``, else that of ``kind``.
 
     Raises ``ValueError`` for what a ``UNet2DModel`` cannot express: class-conditional models, non-2D models,
-    average-pool resampling (``conv_resample=False``), or attention layers with different head widths
-    (diffusers has one ``attention_head_dim``).
+    average-pool resampling (``conv_resample=False``), attention layers with different head widths
+    (diffusers has one ``attention_head_dim``), or ``channel_mult[0] != 1`` (guided-diffusion's 512 px
+    ``(0.5, 1, 1, 2, 2, 4, 4)``: diffusers ties the first level's width to the timestep embedding's).
     """
     config = dict(openai_config)
     unknown = sorted(set(config) - _OPENAI_CONFIG_KEYS)
@@ -225,8 +226,19 @@ def diffusers_config_from_openai(
         )
 
     model_channels = int(config["model_channels"])
-    channel_mult = [int(m) for m in config.get("channel_mult", (1, 2, 4, 8))]
-    block_out_channels = [model_channels * m for m in channel_mult]
+    channel_mult = list(config.get("channel_mult", (1, 2, 4, 8)))
+    if not channel_mult:
+        raise ValueError("OpenAI UNet config: channel_mult must list at least one level, got an empty list")
+    if channel_mult[0] != 1:
+        first = channel_mult[0]
+        raise ValueError(
+            f"OpenAI UNet config: channel_mult[0] must be 1 to convert, got {first} in channel_mult "
+            f"{tuple(channel_mult)}, because diffusers' UNet2DModel makes its first level exactly as wide as "
+            f"its timestep embedding (block_out_channels[0]), while this UNet's first level has "
+            f"{first}·model_channels channels and its timestep embedding model_channels."
+        )
+    # As the OpenAI UNets size each level: int(mult * model_channels).
+    block_out_channels = [int(m * model_channels) for m in channel_mult]
     factors = {int(ds) for ds in config["attention_resolutions"]}
     attention = [2**level in factors for level in range(len(channel_mult))]
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DModel
@@ -51,7 +52,9 @@ class DiffusionDenoiser(nn.Module):
             and the variance half is ignored.
         scheduler: diffusers ``DDPMScheduler`` (any scheduler exposing ``alphas_cumprod`` works) describing the
             noise schedule the UNet was trained with. Its ``prediction_type`` (``"epsilon"`` by default,
-            ``"sample"`` and ``"v_prediction"`` are also understood) says what the UNet predicts.
+            ``"sample"`` and ``"v_prediction"`` are also understood) says what the UNet predicts. ᾱ is
+            recomputed from its config in float64, as improved-/guided-diffusion compute it
+            (:func:`float64_alphas_cumprod`).
         rescale_timesteps: feed the UNet ``t·1000/T`` (a float) instead of the integer ``t``.
             improved-diffusion checkpoints (e.g. the CIFAR-10 ``cifar10_uncond_50M_500K.pt`` with
             ``T = 4000``) were trained that way; guided-diffusion ImageNet checkpoints were not.
@@ -94,22 +97,28 @@ class DiffusionDenoiser(nn.Module):
             )
         self.pad_to = pad_to
 
-        alphas_cumprod = torch.as_tensor(scheduler.alphas_cumprod, dtype=torch.float64).cpu()
+        alphas_cumprod = float64_alphas_cumprod(scheduler)
         self.num_train_timesteps = len(alphas_cumprod)
         # sqrt((1 - ᾱ_t) / ᾱ_t) is the noise std in [-1, 1] units that x_t / sqrt(ᾱ_t) carries. It must
         # increase with t for the "first t" lookup to be well defined. Kept in float64 on the CPU, outside
         # the buffers, so that `.half()` or `.to(device)` never change which timestep a σ maps to.
-        noise_ratio = ((1.0 - alphas_cumprod) / alphas_cumprod).sqrt()
+        # numpy's sqrt is correctly rounded (as in improved-diffusion); torch's float64 CPU sqrt is not always
+        # (about 1 in 100 values one ulp off), which would move σ lying exactly on a boundary.
+        table = alphas_cumprod.numpy()
+        noise_ratio = torch.from_numpy(np.sqrt((1.0 - table) / table))
         if not bool((noise_ratio[1:] >= noise_ratio[:-1]).all()):
             raise ValueError("scheduler: alphas_cumprod must be non-increasing in t")
         self._noise_ratio = noise_ratio
         self._timestep_cache: dict[float, int] = {}
 
-        # Float32 coefficient tables on the module's device, derived in float64 (as improved-diffusion does).
+        # Float32 coefficient tables on the module's device, derived from the float64 ᾱ table (as
+        # improved-diffusion's q_sample / p_mean_variance cast its float64 numpy tables).
         self.register_buffer("alphas_cumprod", alphas_cumprod.float(), persistent=False)
-        self.register_buffer("sqrt_alphas_cumprod", alphas_cumprod.sqrt().float(), persistent=False)
         self.register_buffer(
-            "sqrt_one_minus_alphas_cumprod", (1.0 - alphas_cumprod).sqrt().float(), persistent=False
+            "sqrt_alphas_cumprod", torch.from_numpy(np.sqrt(table)).float(), persistent=False
+        )
+        self.register_buffer(
+            "sqrt_one_minus_alphas_cumprod", torch.from_numpy(np.sqrt(1.0 - table)).float(), persistent=False
         )
 
     # ------------------------------------------------------------------------------------------------
@@ -417,6 +426,62 @@ class DiffusionDenoiser(nn.Module):
             f"T={self.num_train_timesteps}, prediction_type={self.prediction_type!r}, "
             f"rescale_timesteps={self.rescale_timesteps}, pad_to={self.pad_to}"
         )
+
+
+def float64_alphas_cumprod(scheduler: Any) -> torch.Tensor:
+    """ᾱ_t of ``scheduler``'s noise schedule as a float64 CPU tensor, computed as improved-/guided-diffusion do.
+
+    diffusers builds its betas and their cumulative product in float32; the OpenAI libraries build the
+    betas in float64 (``get_named_beta_schedule``, ``betas_for_alpha_bar``) and take ``np.cumprod(1 - β)``
+    in float64. The float32 table is off by up to ~1e-5 (relative) at T = 4000, enough to move σ → t by one
+    step for about 1 in 2,300 σ in [0.01, 2] on the cosine schedule and for most σ lying exactly on a schedule
+    boundary. So the betas are rebuilt here in float64 from the scheduler's config: ``trained_betas``, or
+    ``beta_schedule`` ``"linear"`` (``np.linspace(beta_start, beta_end, T)``), ``"scaled_linear"``
+    (``np.linspace(√beta_start, √beta_end, T)²``) or ``"squaredcos_cap_v2"`` (the cosine schedule, β capped
+    at 0.999). Any other scheduler or schedule (``rescale_betas_zero_snr``, ``"sigmoid"``, ...), or a
+    recomputation that does not reproduce the scheduler's own ``alphas_cumprod`` to float32 accuracy, falls
+    back to the scheduler's table cast to float64.
+    """
+    reference = torch.as_tensor(scheduler.alphas_cumprod, dtype=torch.float64).cpu()
+    betas = _float64_betas(getattr(scheduler, "config", None))
+    if betas is None or betas.shape != tuple(reference.shape):
+        return reference
+    alphas_cumprod = torch.from_numpy(np.cumprod(1.0 - betas, axis=0))
+    # float32 accumulates ~T·2⁻²⁴ relative error over the product; anything larger means another schedule.
+    if not torch.allclose(alphas_cumprod, reference, rtol=1e-3, atol=1e-6):
+        return reference
+    return alphas_cumprod
+
+
+def _float64_betas(config: Any) -> np.ndarray | None:
+    """The betas of a diffusers scheduler config in float64, or ``None`` for a schedule not rebuilt here."""
+    if config is None:
+        return None
+    trained_betas = getattr(config, "trained_betas", None)
+    if trained_betas is not None:
+        return np.asarray(trained_betas, dtype=np.float64).reshape(-1)
+    if getattr(config, "rescale_betas_zero_snr", False):
+        return None
+    steps = getattr(config, "num_train_timesteps", None)
+    schedule = getattr(config, "beta_schedule", None)
+    if steps is None:
+        return None
+    steps = int(steps)
+    if schedule in ("linear", "scaled_linear"):
+        start, end = float(config.beta_start), float(config.beta_end)
+        if schedule == "linear":
+            return np.linspace(start, end, steps, dtype=np.float64)
+        return np.linspace(start**0.5, end**0.5, steps, dtype=np.float64) ** 2
+    if schedule == "squaredcos_cap_v2":
+
+        def alpha_bar(t: float) -> float:
+            return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+
+        return np.array(
+            [min(1.0 - alpha_bar((i + 1) / steps) / alpha_bar(i / steps), 0.999) for i in range(steps)],
+            dtype=np.float64,
+        )
+    return None
 
 
 def _public_keys(config: dict[str, Any]) -> dict[str, Any]:
