@@ -48,12 +48,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the repository root: msds_lightning without installing, tests.tiny_models
 
+from bench.certify_throughput import reference_certify  # noqa: E402  (Cohen et al.'s loop, host tally per batch)
 from msds_lightning.convert import KINDS  # noqa: E402
 from msds_lightning.models import Classifier, DenoiseAndClassify, DiffusionDenoiser  # noqa: E402
 from msds_lightning.smoothing import (  # noqa: E402
     ESTIMATION,
     Engine,
-    clopper_pearson_lower,
     noise_seed,
     probe_batch_size,
     sample_counts,
@@ -141,27 +141,6 @@ class Budget:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def reference_certify(f, x, n0, n, batch, num_classes):
-    """Cohen et al.'s CERTIFY as the field runs it: one image, noise from the global generator, the
-    predictions of every batch copied to the host and tallied in Python."""
-
-    def counts(num):
-        tally = np.zeros(num_classes, dtype=int)
-        remaining = num
-        while remaining > 0:
-            this = min(batch, remaining)
-            remaining -= this
-            b = x.repeat((this, 1, 1, 1))
-            for p in f(b + torch.randn_like(b) * SIGMA, SIGMA).argmax(1).cpu().numpy():
-                tally[p] += 1
-        return tally
-
-    with torch.no_grad():
-        c_hat = int(counts(n0).argmax())
-        n_a = int(counts(n)[c_hat])
-    return clopper_pearson_lower(n_a, n, ALPHA)
-
-
 def direct_counts(f, images, indices, num, num_classes, block):
     """The engine's estimation counts recomputed the plain way: each image alone, each noise block of its
     stream drawn with its own seeded generator and classified as one forward, ``bincount`` on the host."""
@@ -238,9 +217,10 @@ def certification_rows(size, args, device, budget, variants, imagenet=False) -> 
     engines = {name: options for name, options in engines.items() if name.split()[0] in variants}
     runs: dict[str, Callable] = {}
     if "(a)" in variants:
-        reference_certify(f, x[0], 10, batch, batch, classes)  # warm-up
+        f_at_sigma = lambda z: f(z, SIGMA)  # noqa: E731
+        reference_certify(f_at_sigma, x[0], 10, batch, batch, classes)  # warm-up
         runs["(a) reference loop fp32"] = lambda: [
-            reference_certify(f, x[i], n0, n, batch, classes) for i in indices
+            reference_certify(f_at_sigma, x[i], n0, n, batch, classes) for i in indices
         ]
     built = {}
     for name, options in engines.items():

@@ -82,25 +82,36 @@ class ResultWriter(RowAppender):
 
 
 def row_problem(cells: Sequence[str], head: Sequence[str], size: int | None = None) -> str | None:
-    """Why a result row is not a valid row of a file with header ``head`` (``None`` if it is valid).
+    """Why a result row is not a valid row of a file with header ``head`` (``None`` if it is valid):
+    :func:`labelled_row_problem`, and ``radius`` a finite number >= 0."""
+    problem = labelled_row_problem(cells, head, size)
+    if problem:
+        return problem
+    radius = dict(zip(head, cells)).get("radius", "")
+    try:
+        value = float(radius)
+    except ValueError as err:
+        return f"unreadable value ({err})"
+    if not math.isfinite(value) or value < 0:
+        return f"radius {radius!r} is not a finite number >= 0"
+    return None
 
-    Checks the field count, ``idx``/``label``/``predict`` as integers (``idx`` in ``[0, size)`` when the data
-    set size is known, ``predict`` >= -1), ``radius`` a finite number >= 0, and ``correct`` the 0/1 that
-    ``predict == label`` gives."""
+
+def labelled_row_problem(cells: Sequence[str], head: Sequence[str], size: int | None = None) -> str | None:
+    """What every per-image row (certification, prediction) must satisfy: as many fields as the header,
+    ``idx``/``label``/``predict``/``correct`` integers, ``idx`` in ``[0, size)`` when the data set size is
+    known, ``label`` >= 0, ``predict`` >= -1, and ``correct`` the 0/1 that ``predict == label`` gives."""
     if len(cells) != len(head):
         return f"{len(cells)} fields, the header has {len(head)}"
     row = dict(zip(head, cells))
     try:
-        idx, label, predict = int(row["idx"]), int(row["label"]), int(row["predict"])
-        radius, correct = float(row["radius"]), int(row["correct"])
+        idx, label, predict, correct = (int(row[c]) for c in ("idx", "label", "predict", "correct"))
     except (KeyError, ValueError) as err:
         return f"unreadable value ({err})"
     if idx < 0 or (size is not None and idx >= size):
         return f"idx {idx} outside the data set (0..{size - 1 if size else '?'})"
     if predict < -1 or label < 0:
         return f"label {label} / predict {predict} out of range"
-    if not math.isfinite(radius) or radius < 0:
-        return f"radius {row['radius']!r} is not a finite number >= 0"
     if correct != int(predict == label):
         return f"correct {correct} contradicts predict {predict} and label {label}"
     return None

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from .certification import format_time, format_value
+from .certification import format_time, format_value, labelled_row_problem
 from .tsv import RowAppender, ScannedRows, merge_row_files, scan_row_files
 
 PREDICTION_COLUMNS = ("idx", "label", "predict", "correct", "time")
@@ -42,23 +42,9 @@ class PredictionWriter(RowAppender):
 
 
 def prediction_row_problem(cells: Sequence[str], head: Sequence[str], size: int | None = None) -> str | None:
-    """Why a prediction row is not valid under header ``head`` (``None`` if it is): field count, integer
-    ``idx`` (in the data set when its size is known), ``label`` >= 0, ``predict`` >= -1, and ``correct``
-    the 0/1 that ``predict == label`` gives."""
-    if len(cells) != len(head):
-        return f"{len(cells)} fields, the header has {len(head)}"
-    row = dict(zip(head, cells))
-    try:
-        idx, label, predict, correct = (int(row[c]) for c in ("idx", "label", "predict", "correct"))
-    except (KeyError, ValueError) as err:
-        return f"unreadable value ({err})"
-    if idx < 0 or (size is not None and idx >= size):
-        return f"idx {idx} outside the data set (0..{size - 1 if size else '?'})"
-    if predict < -1 or label < 0:
-        return f"label {label} / predict {predict} out of range"
-    if correct != int(predict == label):
-        return f"correct {correct} contradicts predict {predict} and label {label}"
-    return None
+    """Why a prediction row is not valid under header ``head`` (``None`` if it is): the checks every
+    per-image row passes (:func:`~.certification.labelled_row_problem`); a prediction has no radius."""
+    return labelled_row_problem(cells, head, size)
 
 
 def scan_prediction_files(paths: Iterable[str | os.PathLike], size: int | None = None) -> ScannedRows:
