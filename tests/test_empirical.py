@@ -170,3 +170,31 @@ def test_engine_checks_the_clean_logits_shape():
     engine = Engine(ChosenProbabilities({1.0: [0.5, 0.5]}), 2, 1.0, batch_size=8)
     with pytest.raises(ValueError, match="clean_logits"):
         engine.predict_empirical(torch.full((2, 1, 1, 1), 0.5), [0, 1], 8, torch.zeros(2, 3))
+
+
+def test_predict_module_modes():
+    from msds_lightning.modules import PredictModule
+
+    from .conftest import TemplateClassifier
+
+    f = TemplateClassifier()
+    with pytest.raises(ValueError, match="mode"):
+        PredictModule(f, sigma=[0.25, 0.5], mode="empirical")
+    with pytest.raises(ValueError, match="unif_w"):
+        PredictModule(f, sigma=[0.25, 0.5], mode="official_empirical", unif_w=2.0)
+    with pytest.raises(ValueError, match="p0"):  # the sound rule needs p0 >= 1/2 ...
+        PredictModule(f, sigma=[0.25, 0.5], p0=0.4)
+    # ... the official empirical rule takes any p0, and plain Gaussian smoothing (no denoiser)
+    module = PredictModule(f, sigma=[0.25, 0.5], p0=0.4, n=30, batch_size=64, mode="official_empirical")
+    images = torch.stack([f.image(c, s) for c, s in [(3, 0.6), (1, 2.0), (7, 0.1)]])
+    rows = module.predict_step((images, torch.tensor([3, 1, 0]), torch.tensor([5, 6, 7])), 0)
+    assert [set(r) for r in rows] == [{"idx", "label", "predict", "seconds", *module.extra_columns}] * 3
+    for row, x in zip(rows, images):
+        levels = module.engine.predict_empirical(x[None], [row["idx"]], 30, f(x[None]))[0].counts
+        d = empirical_cascade_prediction(levels, f(x[None])[0].double().numpy(), 0.4, 0.1)
+        assert (row["predict"], row["pred0"], row["level"], row["clean"]) == (
+            d.prediction,
+            d.fired,
+            d.level,
+            d.clean,
+        )
