@@ -139,3 +139,40 @@ def test_per_level_statistics_of_a_cascade(tmp_path, capsys):
     assert main(["analyze", str(path)]) == 0
     out = capsys.readouterr().out
     assert "| cascade.tsv | 0 | 1 | 2 | 0.500 |" in out and "| cascade.tsv | 2 | 0.25 | 1 | 1.000 |" in out
+
+
+def test_certify_or_fallback_accuracy_only_for_files_with_corr_uc(tmp_path, capsys):
+    """``corr_uc`` (msds certify --model.official_columns true): the fallback accuracy is its mean, here
+    3 of 5 by hand (two certified and correct, one abstention whose clean prediction is correct; the
+    certified accuracy at r = 0 is 2 of 5); a file
+    without the column gets no such column, or "-" beside one that has it."""
+    head = "idx\tlabel\tpredict\tradius\tcorrect\ttime\tr_neg\tclean\tpred_uc\tcorr_uc\n"
+    cells = [
+        "0\t1\t1\t0.7\t1\t0:00:01\t-100.0\t1\t1\t1",  # certified, correct
+        "1\t2\t3\t0.2\t0\t0:00:01\t-100.0\t2\t3\t0",  # certified, wrong (the clean class is not used)
+        "2\t4\t-1\t0.0\t0\t0:00:01\t-100.0\t4\t4\t1",  # abstained: the clean prediction is correct
+        "3\t5\t-1\t0.0\t0\t0:00:01\t0.12\t0\t0\t0",  # abstained (r_neg > 0): the clean one is wrong
+        "4\t6\t6\t0.4\t1\t0:00:01\t-0.4\t6\t6\t1",  # certified, correct
+    ]
+    official = tmp_path / "official.tsv"
+    official.write_text(head + "\n".join(cells) + "\n")
+    plain = tmp_path / "plain.tsv"
+    plain.write_text("".join("\t".join(line.split("\t")[:6]) + "\n" for line in [head, *cells]))
+    assert summarize(read_results(official)).fallback == 0.6
+
+    assert main(["analyze", str(plain)]) == 0
+    assert "fallback" not in capsys.readouterr().out
+    assert main(["analyze", str(plain), "--format", "csv"]) == 0
+    assert "fallback" not in capsys.readouterr().out
+
+    assert main(["analyze", str(official), str(plain), "--radii", "0", "0.5"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "| file | r=0 | 0.5 | ACR | abstain | fallback acc |"
+    assert lines[2] == "| official.tsv | 0.400 | 0.200 | 0.2200 | 0.400 | 0.600 |"
+    assert lines[3] == "| plain.tsv | 0.400 | 0.200 | 0.2200 | 0.400 | - |"
+    assert main(["analyze", str(official), str(plain), "--radii", "0", "0.5", "--format", "csv"]) == 0
+    rows = list(csv.DictReader(capsys.readouterr().out.splitlines()))
+    assert (rows[0]["fallback_acc"], rows[1]["fallback_acc"]) == ("0.6", "")
+    assert main(["analyze", str(official), "--radii", "0", "--format", "latex"]) == 0
+    latex = capsys.readouterr().out
+    assert "abstain & fallback acc" in latex and "& 0.400 & 0.600 \\\\" in latex

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import subprocess
@@ -9,6 +11,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -189,6 +192,109 @@ def test_multiscale_cascade_from_cli_matches_engine(assets, tmp_path, capsys):
     for k, c in enumerate(certs):  # per-level counts of every visited level are recorded
         for r in c.levels:
             assert int(res.columns[f"nA@{r.sigma:g}"][k]) == r.n_a
+    # the official columns are opt-in: by default neither they nor the option are in the header or fingerprint
+    assert not {"r_neg", "clean", "pred_uc", "corr_uc"} & set(head)
+    assert "official_columns" not in output.with_suffix(".fingerprint.json").read_text()
+
+
+def test_official_columns_of_the_cascade_equal_a_recomputation(assets, tmp_path, capsys):
+    """``--model.official_columns true``: r_neg, clean, pred_uc, corr_uc after the other columns; clean is
+    the classifier alone on the un-noised image, r_neg the official max of the higher levels' off-class
+    radii (recomputed from the recorded counts; [0,1] pixel units; -100 if none); the option is in the
+    fingerprint, and ``msds analyze`` reports the certify-or-fallback accuracy."""
+    from scipy.stats import norm
+
+    from msds_lightning.smoothing import MultiScaleEngine, off_class_upper_bound
+
+    output = tmp_path / "official.tsv"
+    # p0 = 0.3: with these random tiny models, some images are certified at the top level, some abstain
+    cascade = ("--model.sigma=[0.25, 0.5, 1.0]", "--model.p0=0.3", "--data.init_args.max=4")
+    assert main(["certify", *overrides(assets, output, *cascade, "--model.official_columns=true")]) == 0
+    head = output.read_text().splitlines()[0].split("\t")
+    assert head[-4:] == ["r_neg", "clean", "pred_uc", "corr_uc"] and head[-5] == "pU@0.25"
+    res = read_results(output)
+
+    denoiser = DiffusionDenoiser.from_pretrained(assets / "denoiser")
+    classifier = Classifier(
+        "test_vit", 10, checkpoint=assets / "classifier.safetensors", mean=[0.5] * 3, std=[0.5] * 3,
+        model_kwargs={"img_size": 32},
+    ).eval()  # fmt: skip
+    engine = MultiScaleEngine(DenoiseAndClassify(denoiser, classifier), 10, [1.0, 0.5, 0.25], 0.3, batch_size=50)
+    dataset = CIFAR10DataModule(root=assets / "cifar10", max=4).predict_dataset()
+    images = torch.stack([dataset[k][0] for k in range(4)])
+    certs = engine.certify(images, list(range(4)), 16, 64, 0.001)
+    assert {c.prediction >= 0 for c in certs} == {True, False}  # both the certified and the fallback case
+    with torch.no_grad():
+        clean = classifier(images).argmax(1).tolist()  # no noise, no denoiser
+    assert res.column("clean", int).tolist() == clean
+    pred_uc = [c.prediction if c.prediction >= 0 else k for c, k in zip(certs, clean)]
+    assert res.column("pred_uc", int).tolist() == pred_uc
+    assert res.column("corr_uc", int).tolist() == [int(p == y) for p, y in zip(pred_uc, res.label)]
+    for k, c in enumerate(certs):
+        final, higher = c.levels[-1], c.levels[:-1]
+        r_neg = -100.0
+        if final.p_lower >= 0.3 and higher:  # a level reached p0 after passing higher ones
+            alpha_s = 0.001 / len(c.levels)
+            r_neg = max(h.sigma * (norm.ppf(off_class_upper_bound(np.array(h.counts), final.selected, alpha_s))
+                                   - norm.ppf(0.3)) for h in higher)  # fmt: skip
+        assert float(res.columns["r_neg"][k]) == pytest.approx(r_neg, rel=1e-12)
+
+    assert main(["analyze", str(output), "--format", "csv"]) == 0
+    table = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert float(table[0]["fallback_acc"]) == pytest.approx(np.mean(res.column("corr_uc")))
+    # part of the fingerprint: the same output without the option is refused, not mixed
+    assert main(["certify", *overrides(assets, output, *cascade)]) == 2
+    assert "model.official_columns: true -> (absent)" in capsys.readouterr().err
+
+
+class TagSigma(torch.nn.Module):
+    """A stand-in denoiser: writes u = Φ(δ/σ) of pixel (0, 0, 0) into channel 0 and σ into channel 1."""
+
+    def forward(self, x_noisy, sigma):
+        out = torch.zeros_like(x_noisy)
+        out[:, 0] = torch.special.ndtr((x_noisy[:, 0] - 0.5) / sigma)
+        out[:, 1] = sigma
+        return out
+
+
+class ClassByLevel(torch.nn.Module):
+    """After :class:`TagSigma`: class k with probability probs[σ][k]; on any other image (the clean one)
+    the logits ``clean``."""
+
+    def __init__(self, probs, clean):
+        super().__init__()
+        self.cdf = {s: torch.tensor(np.cumsum(p) / np.sum(p)) for s, p in probs.items()}
+        self.clean = torch.tensor(clean, dtype=torch.float32)
+
+    def forward(self, x):
+        logits = self.clean.repeat(x.shape[0], 1)
+        for sigma, cdf in self.cdf.items():
+            rows = x[:, 1, 0, 0] == sigma
+            labels = torch.searchsorted(cdf, x[rows, 0, 0, 0].double()).clamp(max=len(cdf) - 1)
+            logits[rows] = torch.nn.functional.one_hot(labels, len(cdf)).float()
+        return logits
+
+
+def test_official_r_neg_of_a_level_that_fires_below_a_passed_one():
+    """A cascade whose top level is proven below p0 and whose next level fires: the module's r_neg is the
+    official max of the higher level's off-class radius (here the cap of the radius, so r_neg = -radius),
+    recomputed from the recorded counts with statsmodels; clean is the classifier on the clean image."""
+    from .test_multiscale import expected_off_class_radii
+
+    probs = {1.0: [0.3, 0.25, 0.2, 0.15, 0.1], 0.5: [0.05, 0.02, 0.9, 0.02, 0.01], 0.25: [0, 0, 1, 0, 0]}
+    module = CertifyModule(ClassByLevel(probs, [0, 0, 0, 0, 1.0]), TagSigma(), num_classes=5, sigma=[0.25, 0.5, 1.0],
+                           n0=100, n=5000, batch_size=10000, official_columns=True)  # fmt: skip
+    assert module.extra_columns[-4:] == ("r_neg", "clean", "pred_uc", "corr_uc")
+    images = torch.full((3, 2, 1, 1), 0.5)
+    images[:, 1] = 0.9  # no σ in channel 1: the clean image gets the logits ``clean`` (class 4)
+    rows = module.predict_step((images, torch.tensor([2, 4, 0]), torch.tensor([0, 1, 2])), 0)
+    certs = module.engine.certify(images, [0, 1, 2], 100, 5000, 0.001)
+    for row, cert in zip(rows, certs):
+        assert (row["predict"], row["level"], len(cert.levels)) == (2, 1, 2)
+        assert row["r_neg"] == pytest.approx(max(expected_off_class_radii(cert, 0.001)), rel=1e-12)
+        assert row["r_neg"] == pytest.approx(-row["radius"], rel=1e-12) and row["r_neg"] < 0
+        assert (row["clean"], row["pred_uc"]) == (4, 2)
+    assert [r["corr_uc"] for r in rows] == [1, 0, 0]
 
 
 def test_adaptive_sampling_from_cli_matches_engine_and_records_samples(assets, tmp_path, capsys):

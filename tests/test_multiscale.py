@@ -44,7 +44,16 @@ def expected_radius(cert, alpha: float, p0: float = 0.5) -> float:
     n = sum(final.counts)
     p_lower = proportion_confint(final.n_a, n, alpha=2 * alpha_s, method="beta")[0]
     radius = final.sigma * (norm.ppf(p_lower) - norm.ppf(p0))
-    for higher in cert.levels[:s]:
+    return min([radius, *(-r for r in expected_off_class_radii(cert, alpha, p0))])
+
+
+def expected_off_class_radii(cert, alpha: float, p0: float = 0.5) -> list[float]:
+    """σ_j(Φ⁻¹(pB_j) − Φ⁻¹(p0)) of every higher level j passed before the last record's level fired (the
+    terms whose max the official certify.py writes as r_neg), with statsmodels only."""
+    final = cert.levels[-1]
+    alpha_s = alpha / len(cert.levels)
+    radii = []
+    for higher in cert.levels[:-1]:
         counts = np.array(higher.counts)
         c = final.selected
         others = np.sort(np.delete(counts, c))[::-1]
@@ -62,8 +71,8 @@ def expected_radius(cert, alpha: float, p0: float = 0.5) -> float:
             )
         else:
             p_other = multinomial_proportions_confint(cats, alpha=2 * alpha_s, method="goodman")[1:, 1].max()
-        radius = min(radius, higher.sigma * (norm.ppf(p0) - norm.ppf(p_other)))
-    return radius
+        radii.append(higher.sigma * (norm.ppf(p_other) - norm.ppf(p0)))
+    return radii
 
 
 SIGMAS = [0.25, 0.5, 1.0]
@@ -80,6 +89,9 @@ def test_fires_at_expected_level_with_formula_radius():
     assert cert.radius == pytest.approx(expected_radius(cert, 0.001), rel=1e-12)
     # the off-class bound of the higher level is what limits the radius here
     assert cert.radius < 0.5 * norm.ppf(cert.levels[1].p_lower)
+    # the official r_neg: that bound as a negative radius, in [0,1] pixel units
+    assert cert.negative_radius == pytest.approx(max(expected_off_class_radii(cert, 0.001)), rel=1e-12)
+    assert cert.negative_radius == pytest.approx(-cert.radius, rel=1e-12)
 
 
 def test_highest_level_answers_when_confident():
@@ -88,6 +100,7 @@ def test_highest_level_answers_when_confident():
     cert = MultiScaleSmooth(f, 3, SIGMAS).certify_with_details(X0, 100, 2000, 0.001, 500)
     assert (cert.prediction, cert.level) == (1, 0) and len(cert.levels) == 1
     assert cert.radius == pytest.approx(1.0 * norm.ppf(cert.levels[0].p_lower), rel=1e-12)
+    assert cert.negative_radius == -100.0  # no higher level: the official sentinel
 
 
 def test_abstains_when_interval_straddles_p0_without_going_lower():
@@ -96,6 +109,7 @@ def test_abstains_when_interval_straddles_p0_without_going_lower():
     cert = MultiScaleSmooth(f, 3, SIGMAS).certify_with_details(X0, 100, 2000, 0.001, 500)
     assert (cert.prediction, cert.radius, cert.level, cert.stage) == (-1, 0.0, -1, 0)
     assert cert.levels[0].p_lower < 0.5 <= cert.levels[0].p_upper
+    assert cert.negative_radius == -100.0  # no level reached p0
 
 
 def test_abstains_when_every_level_is_below_p0():
@@ -117,6 +131,9 @@ def test_negative_radius_abstains():
         if len(cert.levels) == 2 and cert.levels[1].p_lower >= 0.5:
             formula = expected_radius(type(cert)(1, 0.0, 1, 1, 0.5, cert.levels), 0.001)
             assert (cert.prediction == -1) == (formula < 0)
+            # r_neg > 0 flags exactly this abstention (the official certify.py's negative-radius flag)
+            r_neg = max(expected_off_class_radii(cert, 0.001))
+            assert cert.negative_radius == pytest.approx(r_neg, rel=1e-12) and (r_neg > 0) == (formula < 0)
             found |= formula < 0
     assert found, "no seed produced the negative-radius case"
 

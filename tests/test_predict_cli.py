@@ -79,6 +79,9 @@ def test_cascade_rows_equal_the_engine(tiny_assets, cascade_run):
     summary = cascade_run.with_suffix(".md").read_text()
     assert summary.startswith("| file | images | accuracy | abstain | wrong |")
     assert f"| msds_predict.tsv | {N_IMAGES} |" in summary
+    # the default mode leaves the fingerprint as it was before the modes existed: older outputs resume
+    fingerprint = cascade_run.with_suffix(".fingerprint.json").read_text()
+    assert "model.mode" not in fingerprint and "model.unif_w" not in fingerprint
 
 
 def test_one_sigma_is_cohens_predict(tiny_assets, tmp_path):
@@ -118,3 +121,40 @@ def test_tiny_config_runs_end_to_end(tiny_assets, tmp_path):
     ]  # fmt: skip
     assert main(["predict", *argv]) == 0
     assert [int(r["idx"]) for r in rows(output)] == [0, 1, 2, 3]
+
+
+def test_official_empirical_mode_rows_equal_the_engine(tiny_assets, tmp_path):
+    """``mode: official_empirical`` (configs/cifar10/predict_msds_empirical.yaml; no guarantee): the rows
+    equal Engine.predict_empirical fed with the classifier's logits on the un-noised images."""
+    output = tmp_path / "empirical.tsv"
+    config = REPO / "configs" / "cifar10" / "predict_msds_empirical.yaml"
+    assert main(["predict", *overrides(tiny_assets, output, "--model.n=40", config=config)]) == 0
+    head = output.read_text().splitlines()[0].split("\t")
+    assert head == [*PREDICTION_COLUMNS, "level", "sigma", "stage", "n0", "n", "p0", "nA", "nB", "samples",
+                    "pred0", "clean", "c_max"]  # fmt: skip
+    table = rows(output)
+
+    denoiser = DiffusionDenoiser.from_pretrained(tiny_assets / "denoiser")
+    classifier = Classifier(
+        "test_vit", 10, checkpoint=tiny_assets / "classifier.safetensors", mean=[0.5] * 3, std=[0.5] * 3,
+        model_kwargs={"img_size": 32},
+    ).eval()  # fmt: skip
+    engine = Engine(DenoiseAndClassify(denoiser, classifier), 10, [0.25, 0.5, 1.0], batch_size=64)
+    dataset = CIFAR10DataModule(root=tiny_assets / "cifar10", max=N_IMAGES).predict_dataset()
+    images = torch.stack([dataset[k][0] for k in range(N_IMAGES)])
+    with torch.no_grad():
+        logits = classifier(images)  # the clean classifier: no noise, no denoiser
+    expected = engine.predict_empirical(images, list(range(N_IMAGES)), 40, logits, 0.1)
+    assert {p.level for p in expected} == {-1, 0, 1, 2}  # each level fires for some image, none for one
+    assert [int(r["predict"]) for r in table] == [p.prediction for p in expected]
+    assert [int(r["pred0"]) for r in table] == [p.fired for p in expected]
+    assert [int(r["level"]) for r in table] == [p.level for p in expected]
+    assert [int(r["stage"]) for r in table] == [p.stage for p in expected]
+    assert [int(r["clean"]) for r in table] == logits.argmax(1).tolist()
+    assert [float(r["c_max"]) for r in table] == pytest.approx([p.confidence for p in expected], rel=1e-5)
+    assert [int(r["samples"]) for r in table] == [40 * (p.stage + 1) for p in expected]
+    assert {r["n0"] for r in table} == {"0"} and min(int(r["predict"]) for r in table) >= 0  # never abstains
+    summary = output.with_suffix(".md").read_text()
+    assert summary.startswith("| file | images | accuracy | abstain | wrong |") and "| 0.000 |" in summary
+    fingerprint = output.with_suffix(".fingerprint.json").read_text()
+    assert '"model.mode": "official_empirical"' in fingerprint and '"model.unif_w": 0.1' in fingerprint

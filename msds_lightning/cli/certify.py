@@ -98,6 +98,11 @@ _UNFINGERPRINTED = {
 }
 
 
+# Model options added after outputs were written, at the value that writes rows as before: left out of the
+# fingerprint at that value, so those outputs still resume (at any other value they are in it)
+_NEUTRAL_DEFAULTS = {"official_columns": False, "mode": "predict"}
+
+
 def certify_fingerprint(config: dict) -> dict[str, object]:
     """The run fingerprint of a resolved ``msds certify`` (or ``msds predict``) config (see :mod:`msds_lightning.runs`): the model
     section (σ, n0, n, α, seed, noise block, sampling, the classifier and denoiser with their arguments)
@@ -110,6 +115,11 @@ def certify_fingerprint(config: dict) -> dict[str, object]:
     if isinstance(data, dict) and "init_args" in data:
         args = {k: v for k, v in (data.get("init_args") or {}).items() if k not in _UNFINGERPRINTED["data"]}
         data = {"class_path": data.get("class_path"), "init_args": args}
+    for key, neutral in _NEUTRAL_DEFAULTS.items():
+        if key in model and model[key] == neutral:
+            del model[key]
+    if "mode" not in model:  # the uniform prior's weight only matters to the official empirical mode
+        model.pop("unif_w", None)
     settings = {"model": model, "data": data, "trainer": {"precision": config["trainer"].get("precision")}}
     if model.get("sampling") == "adaptive":  # the stopping grid changes the rows; otherwise only the table
         model["radii"] = config["results"]["radii"]

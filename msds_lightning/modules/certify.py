@@ -22,7 +22,9 @@ from ..models import DenoiseAndClassify
 from ..smoothing import NOISE_BLOCK, Engine, IgnoreSigma
 from ..smoothing.adaptive import AdaptiveSampling, check_sampling
 from ..smoothing.checks import check_alpha, check_count
-from ..smoothing.multiscale import check_prediction_p0
+from ..smoothing.multiscale import UNIFORM_WEIGHT, check_prediction_p0
+
+PREDICT_MODES = ("predict", "official_empirical")
 
 
 class SmoothedClassifierModule(LightningModule):
@@ -50,6 +52,12 @@ class SmoothedClassifierModule(LightningModule):
 
     def forward(self, x_noisy: torch.Tensor, sigma: float) -> torch.Tensor:
         return self.base_classifier(x_noisy, sigma)
+
+    def clean_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """The classifier alone on the un-noised images (no noise, no denoiser), as the official MSDS code's
+        fallback and empirical prediction use it: logits [B, num_classes]."""
+        with torch.inference_mode():
+            return self.classifier(images)
 
     def to_do(self, batch) -> tuple[torch.Tensor, list[int], list[int]]:
         """The images, labels and indices of a batch that no earlier run finished."""
@@ -99,6 +107,13 @@ class CertifyModule(SmoothedClassifierModule):
     :param first_checkpoint: adaptive: estimation samples at the first look
     :param checkpoint_ratio: adaptive: growth factor between looks
     :param final_share: adaptive: share of α kept for the last look (the budget n)
+    :param official_columns: also write the official MSDS ``certify.py`` per-image columns after the others:
+        ``r_neg`` (cascade only; the largest off-class radius σ_j(Φ⁻¹(pB_j) − Φ⁻¹(p0)) of the higher levels
+        passed, in [0,1] pixel units — half the official value, which is in [−1,1] model units — and −100
+        when no level reached p0 or none was passed; > 0 means that bound made the cascade abstain),
+        ``clean`` (the classifier alone on the un-noised image), ``pred_uc`` (``predict``, or ``clean`` on
+        abstention) and ``corr_uc`` (``pred_uc == label``: the certify-or-fallback accuracy, whose fallback
+        part carries no guarantee). Off by default, so earlier outputs keep their header and resume
     """
 
     def __init__(
@@ -121,6 +136,7 @@ class CertifyModule(SmoothedClassifierModule):
         first_checkpoint: int = 1000,
         checkpoint_ratio: float = 2.0,
         final_share: float = 0.5,
+        official_columns: bool = False,
     ):
         super().__init__(classifier, denoiser, num_classes, sigma, p0, batch_size=batch_size, seed=seed,
                          noise_block=noise_block, compile=compile,
@@ -136,6 +152,10 @@ class CertifyModule(SmoothedClassifierModule):
             self.extra_columns = ("level", "sigma", "stage", "n0", "n", "p0", "samples", *per_level)
         else:
             self.extra_columns = ("sigma", "n0", "n", "nA", "pA_lower", "samples")
+        self.official_columns = bool(official_columns)
+        if self.official_columns:
+            official = ("r_neg", "clean", "pred_uc", "corr_uc") if self.engine.cascade else ("clean", "pred_uc", "corr_uc")
+            self.extra_columns += official
 
     def predict_step(self, batch, batch_idx: int) -> list[dict]:
         images, labels, indices = self.to_do(batch)
@@ -143,6 +163,7 @@ class CertifyModule(SmoothedClassifierModule):
             return []
         start = time.perf_counter()
         certificates = self.engine.certify(images, indices, self.n0, self.n, self.alpha)
+        clean = self.clean_logits(images).argmax(1).tolist() if self.official_columns else None
         seconds = (time.perf_counter() - start) / len(indices)  # images of a step share forwards: split evenly
         rows = []
         for i, y, c in zip(indices, labels, certificates):
@@ -160,6 +181,11 @@ class CertifyModule(SmoothedClassifierModule):
                                 f"pU@{s:g}": r.p_upper if r else ""})  # fmt: skip
             else:
                 row.update(sigma=self.sigmas[0], n=c.n, nA=c.n_a, pA_lower=c.p_lower, samples=self.n0 + c.n)
+            if clean is not None:
+                fallback = c.prediction if c.prediction >= 0 else clean[len(rows)]
+                row.update(clean=clean[len(rows)], pred_uc=fallback, corr_uc=int(fallback == y))
+                if self.engine.cascade:
+                    row.update(r_neg=c.negative_radius)
             rows.append(row)
         return rows
 
@@ -172,6 +198,17 @@ class PredictModule(SmoothedClassifierModule):
     of σ: the cascade top down, :func:`~msds_lightning.smoothing.multiscale.cascade_prediction` at each
     level (``n0`` selection draws choose the class, ``n`` fresh draws decide, α/(2L) per bound; p0 >= 1/2).
     Arguments as in :class:`CertifyModule`; field defaults of ``predict.py``: n = 100,000, α = 0.001.
+
+    :param mode: ``"predict"`` (the default: the sound rule above) or ``"official_empirical"``: the official
+        MSDS ``predict_mdds.py`` rule, which carries NO guarantee (:meth:`Engine.predict_empirical
+        <msds_lightning.smoothing.Engine.predict_empirical>`: n draws per level, the official N being 200, and
+        no selection draws; a level fires when its top count reaches p0·n; the answer is the argmax of the
+        clean classifier's logits plus the log of the firing level's frequencies mixed with a uniform prior
+        of weight ``unif_w``, or of the clean logits alone when no level fires; never -1). ``n0`` and
+        ``alpha`` are unused there, and any p0 in (0, 1) is allowed. Its rows add ``pred0`` (the class that
+        fired, -1 if none), ``clean`` (the classifier alone on the un-noised image) and ``c_max`` (its largest
+        softmax probability); ``level``/``sigma`` name the level that fired, and ``n0`` is written 0
+    :param unif_w: ``official_empirical``: weight of the uniform prior (official default 0.1)
     """
 
     def __init__(
@@ -188,13 +225,23 @@ class PredictModule(SmoothedClassifierModule):
         noise_block: int = NOISE_BLOCK,
         p0: float = 0.5,
         compile: bool | str = False,
+        mode: Literal["predict", "official_empirical"] = "predict",
+        unif_w: float = UNIFORM_WEIGHT,
     ):
         super().__init__(classifier, denoiser, num_classes, sigma, p0, batch_size=batch_size, seed=seed,
                          noise_block=noise_block, compile=compile)  # fmt: skip
         self.save_hyperparameters(ignore=["classifier", "denoiser"], logger=False)
         self.n0, self.n = check_count(n0, "n0"), check_count(n, "n")
         self.alpha = check_alpha(alpha)
-        if self.engine.cascade:
+        if mode not in PREDICT_MODES:
+            raise ValueError(f"mode must be one of {PREDICT_MODES}, got {mode!r}")
+        if not 0.0 <= float(unif_w) <= 1.0:
+            raise ValueError(f"unif_w must lie in [0, 1], got {unif_w!r}")
+        self.mode, self.unif_w = mode, float(unif_w)
+        if self.mode == "official_empirical":
+            self.extra_columns = ("level", "sigma", "stage", "n0", "n", "p0", "nA", "nB", "samples", "pred0",
+                                  "clean", "c_max")  # fmt: skip
+        elif self.engine.cascade:
             check_prediction_p0(self.p0)
             self.extra_columns = ("level", "sigma", "stage", "n0", "n", "p0", "nA", "nB", "samples")
         else:
@@ -205,6 +252,8 @@ class PredictModule(SmoothedClassifierModule):
         if not indices:
             return []
         start = time.perf_counter()
+        if self.mode == "official_empirical":
+            return self._empirical_rows(images, labels, indices, start)
         predictions = self.engine.predict_with_levels(images, indices, self.n, self.alpha, self.n0)
         seconds = (time.perf_counter() - start) / len(indices)  # images of a step share forwards: split evenly
         rows = []
@@ -218,4 +267,17 @@ class PredictModule(SmoothedClassifierModule):
             else:
                 row.update(sigma=self.sigmas[0])
             rows.append(row)
+        return rows
+
+    def _empirical_rows(self, images, labels, indices, start) -> list[dict]:
+        predictions = self.engine.predict_empirical(images, indices, self.n, self.clean_logits(images), self.unif_w)
+        seconds = (time.perf_counter() - start) / len(indices)
+        rows = []
+        for i, y, p in zip(indices, labels, predictions):
+            top, second = sorted(p.counts[-1], reverse=True)[:2]
+            rows.append(dict(
+                idx=i, label=y, predict=p.prediction, seconds=seconds, level=p.level,
+                sigma=p.sigma if p.level >= 0 else 0.0, stage=p.stage, n0=0, n=self.n, p0=self.p0, nA=top,
+                nB=second, samples=p.samples, pred0=p.fired, clean=p.clean, c_max=p.confidence,
+            ))  # fmt: skip
         return rows

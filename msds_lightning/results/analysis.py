@@ -6,6 +6,9 @@ Definitions (those of Cohen et al.'s ``analyze.py``, computed from the radius *a
   the denominator is every row, abstentions included;
 * ACR = mean over rows of ``radius * correct``;
 * abstention rate = fraction of rows with ``predict < 0``;
+* certify-or-fallback accuracy (only for files with the official MSDS ``corr_uc`` column, ``msds certify
+  --model.official_columns true``) = mean of ``corr_uc``: the certified class where the image is
+  certified, the clean classifier's class elsewhere. A hybrid number: no guarantee on the fallback part;
 * high-probability accuracy at r (optional, :func:`high_probability_accuracy`) = a lower confidence bound
   on the certified accuracy that accounts for each certificate's Monte-Carlo failure probability.
 """
@@ -113,6 +116,16 @@ class Summary:
     samples: float = float("nan")  # mean forward passes per image (the ``samples`` column), nan if absent
     high_prob: np.ndarray | None = None  # high-probability accuracy at each radius, if asked for
     high_prob_levels: tuple[float, float] | None = None  # its (alpha, rho)
+    fallback: float = float("nan")  # certify-or-fallback accuracy (mean of ``corr_uc``), nan if absent
+
+
+def _with_fallback(summaries: Sequence[Summary]) -> bool:
+    """Whether the tables get a certify-or-fallback accuracy column (some file has ``corr_uc``)."""
+    return any(np.isfinite(s.fallback) for s in summaries)
+
+
+def _fallback_cell(s: Summary) -> str:
+    return f"{s.fallback:.3f}" if np.isfinite(s.fallback) else "-"
 
 
 def _with_samples(summaries: Sequence[Summary]) -> bool:
@@ -158,6 +171,9 @@ def summarize(
         if high_prob is None
         else high_probability_accuracy(results.radius, results.correct, radii, *high_prob),
         high_prob_levels=high_prob,
+        fallback=float(np.mean(results.column("corr_uc", int)))
+        if "corr_uc" in results.columns and len(results)
+        else float("nan"),
     )
 
 
@@ -183,20 +199,23 @@ def _radius_label(r: float, first: bool) -> str:
 
 
 def format_markdown(summaries: Sequence[Summary]) -> str:
-    """Markdown table: one row per file, certified accuracy at each radius (3 decimals), ACR (4), abstain;
-    a file summarized with ``high_prob`` gets a second row, its high-probability accuracy."""
+    """Markdown table: one row per file, certified accuracy at each radius (3 decimals), ACR (4), abstain,
+    and "fallback acc" (certify-or-fallback accuracy) when a file has ``corr_uc``; a file summarized with
+    ``high_prob`` gets a second row, its high-probability accuracy."""
     radii = summaries[0].radii
-    with_samples = _with_samples(summaries)
+    with_samples, with_fallback = _with_samples(summaries), _with_fallback(summaries)
     cols = ["file", *(_radius_label(r, i == 0) for i, r in enumerate(radii)), "ACR", "abstain"]
+    cols += ["fallback acc"] if with_fallback else []
     cols += ["samples/image"] if with_samples else []
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for s in summaries:
         cells = [s.name, *(f"{a:.3f}" for a in s.accuracy), f"{s.acr:.4f}", f"{s.abstain:.3f}"]
+        cells += [_fallback_cell(s)] if with_fallback else []
         cells += [_samples_cell(s)] if with_samples else []
         lines.append("| " + " | ".join(cells) + " |")
         if s.high_prob is not None:
             cells = [f"{s.name} {_high_prob_label(s)}", *(f"{a:.3f}" for a in s.high_prob)]
-            cells += ["-"] * (2 + with_samples)  # no ACR, abstention or samples for this row
+            cells += ["-"] * (2 + with_fallback + with_samples)  # no ACR, abstention, ... for this row
             lines.append("| " + " | ".join(cells) + " |")
     levels = [(s, lv) for s in summaries for lv in s.levels]
     if levels:
@@ -211,44 +230,49 @@ def format_latex(summaries: Sequence[Summary]) -> str:
     ``high_prob`` gets a second row, its high-probability accuracy (never bold)."""
     radii = summaries[0].radii
     best = np.max(np.stack([s.accuracy for s in summaries]), axis=0)
-    with_samples = _with_samples(summaries)
-    spec = "l" + "c" * (len(radii) + 2 + with_samples)
+    with_samples, with_fallback = _with_samples(summaries), _with_fallback(summaries)
+    spec = "l" + "c" * (len(radii) + 2 + with_fallback + with_samples)
     head = [
         "",
         *(f"$r={r:g}$" for r in radii),
         "ACR",
         "abstain",
+        *(["fallback acc"] if with_fallback else []),
         *(["samples/image"] if with_samples else []),
     ]
     out = [f"\\begin{{tabular}}{{{spec}}}", "\\toprule", " & ".join(head) + " \\\\", "\\midrule"]
     for s in summaries:
         cells = [f"\\textbf{{{a:.3f}}}" if a == b else f"{a:.3f}" for a, b in zip(s.accuracy, best)]
         name = s.name.replace("_", "\\_")
-        extra = [_samples_cell(s).replace(",", "{,}")] if with_samples else []
+        extra = [_fallback_cell(s)] if with_fallback else []
+        extra += [_samples_cell(s).replace(",", "{,}")] if with_samples else []
         out.append(" & ".join([name, *cells, f"{s.acr:.4f}", f"{s.abstain:.3f}", *extra]) + " \\\\")
         if s.high_prob is not None:
             label = f"{name} {_high_prob_label(s, latex=True)}"
-            cells = [f"{a:.3f}" for a in s.high_prob] + ["--"] * (2 + with_samples)
+            cells = [f"{a:.3f}" for a in s.high_prob] + ["--"] * (2 + with_fallback + with_samples)
             out.append(" & ".join([label, *cells]) + " \\\\")
     out += ["\\bottomrule", "\\end{tabular}"]
     return "\n".join(out) + "\n"
 
 
 def format_csv(summaries: Sequence[Summary]) -> str:
-    """One row per file, full precision. With ``high_prob``: columns ``high_prob_r=<r>`` per radius and
+    """One row per file, full precision (``fallback_acc`` when a file has ``corr_uc``, empty for the
+    others). With ``high_prob``: columns ``high_prob_r=<r>`` per radius and
     ``high_prob_alpha``, ``high_prob_rho`` at the end (empty for a file summarized without it)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    with_samples = _with_samples(summaries)
+    with_samples, with_fallback = _with_samples(summaries), _with_fallback(summaries)
     with_high_prob = any(s.high_prob is not None for s in summaries)
     radii = summaries[0].radii
     header = ["file", "count", *(f"r={r:g}" for r in radii), "acr", "abstain"]
+    header += ["fallback_acc"] if with_fallback else []
     header += ["samples_per_image"] if with_samples else []
     if with_high_prob:
         header += [*(f"high_prob_r={r:g}" for r in radii), "high_prob_alpha", "high_prob_rho"]
     writer.writerow(header)
     for s in summaries:
         row = [s.name, s.count, *(repr(float(a)) for a in s.accuracy), repr(s.acr), repr(s.abstain)]
+        row += [repr(s.fallback) if np.isfinite(s.fallback) else ""] if with_fallback else []
         row += [repr(s.samples)] if with_samples else []
         if s.high_prob is not None:
             row += [*(repr(float(a)) for a in s.high_prob), *(repr(v) for v in s.high_prob_levels)]

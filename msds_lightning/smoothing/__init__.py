@@ -25,12 +25,14 @@ from .bounds import (
 )
 from .core import Certificate, Smooth, decide, predict_from_counts
 from .engine import (
+    EMPIRICAL_PREDICTION,
     ESTIMATION,
     NOISE_BLOCK,
     PREDICTION,
     PREDICTION_SELECTION,
     SELECTION,
     AcceleratedForward,
+    EmpiricalPrediction,
     Engine,
     IgnoreSigma,
     MultiScaleEngine,
@@ -41,8 +43,10 @@ from .engine import (
     sample_counts,
 )
 from .multiscale import (
+    EmpiricalDecision,
     MultiScaleCertificate,
     MultiScaleSmooth,
+    empirical_cascade_prediction,
     off_class_upper_bound,
     pooled_categories,
 )
@@ -54,7 +58,10 @@ __all__ = [
     "AdaptiveSampling",
     "SequentialPlan",
     "Certificate",
+    "EMPIRICAL_PREDICTION",
     "ESTIMATION",
+    "EmpiricalDecision",
+    "EmpiricalPrediction",
     "Engine",
     "IgnoreSigma",
     "NOISE_BLOCK",
@@ -73,6 +80,7 @@ __all__ = [
     "clopper_pearson_lower",
     "clopper_pearson_upper",
     "decide",
+    "empirical_cascade_prediction",
     "gaussian_radius",
     "noise_seed",
     "off_class_upper_bound",

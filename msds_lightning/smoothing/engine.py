@@ -19,7 +19,8 @@ of batched kernels, which can only matter for inputs on a decision boundary.)
 
 Streams: phase ``SELECTION`` (n0 draws that choose the class), ``ESTIMATION`` (n fresh draws that bound
 its probability), ``PREDICTION`` (PREDICT's n draws) and ``PREDICTION_SELECTION`` (the cascade PREDICT's
-n0 draws that choose the class before its n ``PREDICTION`` draws). The level of a cascade is *not* part of the key: every level draws
+n0 draws that choose the class before its n ``PREDICTION`` draws) and ``EMPIRICAL_PREDICTION`` (the n draws
+per level of the official empirical rule, :meth:`Engine.predict_empirical`). The level of a cascade is *not* part of the key: every level draws
 the same δ (common random numbers), so level k's counts equal a one-σ run at σ_k with the same seed; each
 level's bound holds on its own, and the union bound over levels needs no independence between them.
 """
@@ -37,15 +38,18 @@ from .adaptive import AdaptiveSampling, fixed_plan
 from .checks import check_alpha, check_count, check_images, check_num_classes, check_p0, check_sigmas
 from .core import ABSTAIN, Certificate, _eval, decide, predict_from_counts, predicted_labels
 from .multiscale import (
+    UNIFORM_WEIGHT,
     LevelRecord,
     MultiScaleCertificate,
     cascade_decision,
     cascade_prediction,
     check_prediction_p0,
+    empirical_cascade_prediction,
+    empirical_fires,
 )
 from .outcome import Outcome
 
-SELECTION, ESTIMATION, PREDICTION, PREDICTION_SELECTION = 0, 1, 2, 3
+SELECTION, ESTIMATION, PREDICTION, PREDICTION_SELECTION, EMPIRICAL_PREDICTION = 0, 1, 2, 3, 4
 AUTO = "auto"
 NOISE_BLOCK = 256
 """Default number of samples drawn per RNG block. Part of the reproducibility key: changing it changes
@@ -378,6 +382,42 @@ class Engine:
             active = lower
         return results
 
+    def predict_empirical(
+        self, images: torch.Tensor, indices: Sequence[int], n: int, clean_logits: torch.Tensor | np.ndarray,
+        unif_w: float = UNIFORM_WEIGHT,
+    ) -> list[EmpiricalPrediction]:  # fmt: skip
+        """The official MSDS empirical prediction (``predict_mdds.py``; NO guarantee): top down, n draws per
+        level (phase ``EMPIRICAL_PREDICTION``; the official N is 200), an image stops at the first level whose
+        largest count reaches p0·n; then :func:`~.multiscale.empirical_cascade_prediction` on the counts and
+        ``clean_logits`` [B, num_classes], the clean classifier's logits on the un-noised images (for
+        denoised smoothing: the classifier alone, no noise, no denoiser). Every σ of the engine is a level
+        (one σ: a one-level cascade); any p0 in (0, 1)."""
+        indices = self._check(images, indices)
+        n = check_count(n, "n")
+        logits = torch.as_tensor(clean_logits).detach().to("cpu", torch.float64).numpy()
+        if logits.shape != (len(indices), self.num_classes):
+            raise ValueError(f"clean_logits has shape {logits.shape}, expected ({len(indices)}, {self.num_classes})")
+        _eval(self.base_classifier)
+        recorded: list[list[tuple[int, ...]]] = [[] for _ in indices]
+        active = list(range(len(indices)))
+        for sigma in self.sigmas:
+            if not active:
+                break
+            counts, lower = self._counts(images, indices, active, n, sigma, EMPIRICAL_PREDICTION), []
+            for row, k in enumerate(active):
+                recorded[k].append(tuple(int(v) for v in counts[row]))
+                if not empirical_fires(counts[row], self.p0):
+                    lower.append(k)
+            active = lower
+        results = []
+        for k, levels in enumerate(recorded):
+            d = empirical_cascade_prediction(levels, logits[k], self.p0, unif_w, self.num_classes)
+            results.append(EmpiricalPrediction(
+                d.prediction, d.fired, d.level, d.stage, self.sigmas[d.stage], d.clean, d.confidence,
+                tuple(levels), len(levels) * n,
+            ))  # fmt: skip
+        return results
+
     def _counts(self, images, indices, rows, num, sigma, phase, start: int = 0) -> np.ndarray:
         """Host counts [len(rows), num_classes] of the images at positions ``rows`` in one phase."""
         counts = self.counts(images[rows], [indices[k] for k in rows], num, (phase,), start, sigma)
@@ -405,6 +445,25 @@ class Prediction:
     stage: int
     sigma: float
     counts: tuple[int, ...] = field(repr=False)
+    samples: int
+
+
+@dataclass(frozen=True)
+class EmpiricalPrediction:
+    """One answer of the official empirical rule (:meth:`Engine.predict_empirical`; no guarantee): the final
+    ``prediction``, the class that fired (``fired``, the official ``pred0``; -1 if none), its ``level``
+    (-1 if none), ``stage`` and ``sigma`` of the last level visited, the clean classifier's ``clean``
+    class and ``confidence`` (the official ``c_max``), the ``counts`` of every visited level (highest σ
+    first) and the draws spent (``samples``)."""
+
+    prediction: int
+    fired: int
+    level: int
+    stage: int
+    sigma: float
+    clean: int
+    confidence: float
+    counts: tuple[tuple[int, ...], ...] = field(repr=False)
     samples: int
 
 

@@ -24,6 +24,10 @@ after pooling, the official code bounds that level's *own* top class ĉ_j, which
 when ĉ_j = ĉ. We bound the classes other than ĉ: pB_j = 1 − (Clopper–Pearson lower bound of ĉ's count at
 level j, at α_s).
 
+The official code's empirical prediction (``predict_mdds.py``) is here too, as
+:func:`empirical_cascade_prediction`, so its numbers can be reproduced; it carries no guarantee. The
+sound PREDICT rule is :func:`cascade_prediction`.
+
 Units: x is [C,H,W] with pixels in [0,1]; σ and radii are l2 distances in [0,1] pixel units.
 """
 
@@ -53,6 +57,7 @@ from .core import ABSTAIN, _eval, reference_counts
 from .outcome import Outcome
 
 MIN_CATEGORY = 5  # classes with fewer samples are pooled before the Goodman intervals (as the official code)
+NO_NEGATIVE_RADIUS = -100.0  # the official certify.py's r_neg when no higher level bounds the answer
 
 
 def pooled_categories(counts: np.ndarray, c: int, min_count: int = MIN_CATEGORY) -> list[int]:
@@ -118,10 +123,22 @@ class MultiScaleCertificate:
     stage: int
     sigma: float
     levels: tuple[LevelRecord, ...]
+    off_class_radius: float = math.inf
+    """When a level's lower bound reached p0: the cap min_j σ_j(Φ⁻¹(p0) − Φ⁻¹(pB_j)) from the higher levels
+    passed (negative: it made the cascade abstain); ``inf`` when no higher level was passed or no level
+    reached p0."""
 
     @property
     def abstained(self) -> bool:
         return self.prediction == ABSTAIN
+
+    @property
+    def negative_radius(self) -> float:
+        """The official ``certify.py``'s ``r_neg`` column, in [0,1] pixel units: max over the higher levels
+        passed of σ_j(Φ⁻¹(pB_j) − Φ⁻¹(p0)) = −:attr:`off_class_radius` (> 0: a higher level may switch on
+        with another class, so the cascade abstained); ``NO_NEGATIVE_RADIUS`` (−100, the official sentinel,
+        not a radius) when there is none. The official value is in the model's [−1,1] units, twice ours."""
+        return -self.off_class_radius if math.isfinite(self.off_class_radius) else NO_NEGATIVE_RADIUS
 
     def samples(self, n0: int) -> int:
         """Forward passes spent on this image: n0 selection plus the estimation draws of each visited level."""
@@ -167,14 +184,15 @@ def cascade_decision(
         )  # fmt: skip
         radius = min(sigma * (norm.ppf(p_lower) - norm.ppf(p0)), off_class)
         if radius < 0:  # a higher level may switch to another class: more samples here cannot help
-            return Outcome.ABSTAIN, MultiScaleCertificate(ABSTAIN, 0.0, -1, stage, sigma, history), record
+            cert = MultiScaleCertificate(ABSTAIN, 0.0, -1, stage, sigma, history, float(off_class))
+            return Outcome.ABSTAIN, cert, record
         if not last:
             best = min(sigma * (norm.ppf(plan.best_lower(p_upper)) - norm.ppf(p0)), off_class)
             if not plan.settled(radius, best):
                 return Outcome.CONTINUE, None, record
         return (
             Outcome.CERTIFY,
-            MultiScaleCertificate(selected, float(radius), stage, stage, sigma, history),
+            MultiScaleCertificate(selected, float(radius), stage, stage, sigma, history, float(off_class)),
             record,
         )
     if p_upper >= p0:
@@ -212,6 +230,77 @@ def cascade_prediction(
     if clopper_pearson_interval(int(np.max(counts)), n, side)[1] < p0:
         return None
     return ABSTAIN
+
+
+UNIFORM_WEIGHT = 0.1  # the official predict_mdds.py's --unif_w
+EMPIRICAL_N = 200  # the official predict_mdds.py's --N: draws per level
+
+
+def empirical_fires(counts: np.ndarray, p0: float) -> bool:
+    """A level of the official empirical rule fires when its largest count reaches p0 of its draws
+    (``Smooth.predict_threshold``: abstain iff nA < p·n)."""
+    counts = np.asarray(counts)
+    return not int(np.max(counts)) < p0 * int(np.sum(counts))
+
+
+@dataclass(frozen=True)
+class EmpiricalDecision:
+    """What :func:`empirical_cascade_prediction` decides for one image: the final ``prediction`` (a class,
+    never an abstention), the class of the level that fired (``fired``, the official ``pred0``; -1 when
+    none did), that level's index ``level`` (0 = highest σ; -1 when none fired), ``stage`` (last level
+    visited: the firing level, or the last one), the clean classifier's ``clean`` class and ``confidence``
+    (its largest softmax probability, the official ``c_max``)."""
+
+    prediction: int
+    fired: int
+    level: int
+    stage: int
+    clean: int
+    confidence: float
+
+
+def empirical_cascade_prediction(
+    counts_per_level: Sequence[np.ndarray],
+    clean_logits: np.ndarray,
+    p0: float = 0.5,
+    unif_w: float = UNIFORM_WEIGHT,
+    num_classes: int | None = None,
+) -> EmpiricalDecision:
+    """The official MSDS empirical prediction (jh-jeong/smoothing-multiscale ``predict_mdds.py``, ``main``),
+    from the counts of each level (highest σ first; the official code draws N = 200 per level and no
+    selection draws) and the clean classifier's logits on the un-noised image. It carries NO guarantee.
+
+    * Levels are read top down; a level fires when its largest count nA satisfies nA ≥ p0·n (a point
+      estimate, no confidence interval; the first largest class on ties). Levels after it are ignored.
+    * A level fired: the answer is argmax over classes of ``clean_logits + log(max((1 − w)·counts/n +
+      w/K, 1e-20))`` with the *firing level's* counts, w = ``unif_w``, K = number of classes: the clean
+      logits decide, the counts act as a prior mixed with a uniform one (so the answer may differ from
+      the class that fired).
+    * No level fired: the answer is argmax of the clean logits.
+
+    The official code also computes an off-class veto (max of the higher levels' negative radii, abstain
+    if >= 0), but over a list it never appends to, so the veto never triggers; this function reproduces
+    that behaviour: there is no veto. Ties of the final argmax go to the lowest class (numpy's argmax).
+    """
+    logits = np.asarray(clean_logits, dtype=np.float64).reshape(-1)
+    num_classes = logits.size if num_classes is None else check_num_classes(num_classes)
+    if logits.size != num_classes:
+        raise ValueError(f"clean_logits has {logits.size} entries for {num_classes} classes")
+    p0 = check_p0(p0)
+    if not 0.0 <= float(unif_w) <= 1.0:
+        raise ValueError(f"unif_w must lie in [0, 1], got {unif_w!r}")
+    levels = [np.asarray(c, dtype=np.int64).reshape(-1) for c in counts_per_level]
+    if not levels or any(c.size != num_classes or c.sum() <= 0 or c.min() < 0 for c in levels):
+        raise ValueError(f"counts_per_level needs at least one level of {num_classes} counts >= 0, not all 0")
+    shifted = np.exp(logits - logits.max())
+    clean, confidence = int(np.argmax(logits)), float(shifted.max() / shifted.sum())
+    for stage, counts in enumerate(levels):
+        if empirical_fires(counts, p0):
+            fired = int(np.argmax(counts))
+            prior = (1 - unif_w) * (counts / int(counts.sum())) + unif_w * (1.0 / num_classes)
+            answer = int(np.argmax(logits + np.log(prior.clip(min=1e-20))))
+            return EmpiricalDecision(answer, fired, stage, stage, clean, confidence)
+    return EmpiricalDecision(clean, ABSTAIN, -1, len(levels) - 1, clean, confidence)
 
 
 class MultiScaleSmooth:
