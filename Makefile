@@ -58,7 +58,7 @@ bench: ## throughput (reference loop vs engine vs bare forwards) + adaptive samp
 bench-gpu: ## the GPU check (one CUDA GPU, ~8 min): certification and fine-tuning at the real model sizes -> bench/RESULTS_GPU.md
 	bench/gpu_check.sh $(ARGS)
 
-demo: ## the MSDS experiment on scikit-learn digits at the paper's protocol (CPU, ~8.5 min): train, fine-tune, certify, compare, report
+demo: ## the MSDS experiment on scikit-learn digits at the paper's protocol (CPU, 5-9 min): train, fine-tune, certify, compare, report
 	$(MSDS) demo
 
 demo-all: ## the demo plus DiffSmooth, adversarial training with generated digits and IDC (CPU, ~25 min)
