@@ -17,14 +17,13 @@ import torch
 
 from msds_lightning.cli import main
 from msds_lightning.data import CIFAR10DataModule
-from msds_lightning.models import Classifier, DenoiseAndClassify, DiffusionDenoiser
 from msds_lightning.modules import CertifyModule
 from msds_lightning.results import COHEN_COLUMNS, format_radius, read_results
-from msds_lightning.smoothing import SmoothingEngine
+from msds_lightning.smoothing import Engine
 
 from .conftest import REPO
 from .lock_holder import held_by_another_process
-from .tiny_models import tiny_classifier, tiny_denoiser
+from .tiny_models import tiny_assets_base_classifier, tiny_classifier, tiny_denoiser
 
 CONFIG = REPO / "configs" / "cifar10" / "certify_dds.yaml"
 N_IMAGES = 7  # not divisible by 2 processes
@@ -74,12 +73,8 @@ def test_certify_writes_cohen_tsv_equal_to_engine(assets, single_run):
     assert (single_run.with_suffix(".config.yaml")).is_file()
 
     # the same computation, directly through the engine
-    denoiser = DiffusionDenoiser.from_pretrained(assets / "denoiser")
-    classifier = Classifier(
-        "test_vit", 10, checkpoint=assets / "classifier.safetensors", mean=[0.5] * 3, std=[0.5] * 3,
-        model_kwargs={"img_size": 32},
-    )  # fmt: skip
-    engine = SmoothingEngine(DenoiseAndClassify(denoiser, classifier, 0.25), 10, 0.25, seed=0, batch_size=50)
+    base = tiny_assets_base_classifier(assets)
+    engine = Engine(base, 10, 0.25, seed=0, batch_size=50)  # one σ: Cohen's rule
     data = CIFAR10DataModule(root=assets / "cifar10", max=N_IMAGES)
     data.setup("predict")
     dataset = data.predict_dataset()
@@ -175,12 +170,8 @@ def test_multiscale_cascade_from_cli_matches_engine(assets, tmp_path, capsys):
     assert head[:6] == list(COHEN_COLUMNS) and head[6:9] == ["level", "sigma", "stage"]
     assert {"nA@1", "nA@0.5", "nA@0.25", "pL@1", "pU@0.25"} <= set(head)
 
-    denoiser = DiffusionDenoiser.from_pretrained(assets / "denoiser")
-    classifier = Classifier(
-        "test_vit", 10, checkpoint=assets / "classifier.safetensors", mean=[0.5] * 3, std=[0.5] * 3,
-        model_kwargs={"img_size": 32},
-    )  # fmt: skip
-    engine = MultiScaleEngine(DenoiseAndClassify(denoiser, classifier), 10, [1.0, 0.5, 0.25], batch_size=50)
+    base = tiny_assets_base_classifier(assets)
+    engine = MultiScaleEngine(base, 10, [1.0, 0.5, 0.25], batch_size=50)
     data = CIFAR10DataModule(root=assets / "cifar10", max=N_IMAGES)
     dataset = data.predict_dataset()
     images = torch.stack([dataset[k][0] for k in range(N_IMAGES)])
@@ -214,18 +205,14 @@ def test_official_columns_of_the_cascade_equal_a_recomputation(assets, tmp_path,
     assert head[-4:] == ["r_neg", "clean", "pred_uc", "corr_uc"] and head[-5] == "pU@0.25"
     res = read_results(output)
 
-    denoiser = DiffusionDenoiser.from_pretrained(assets / "denoiser")
-    classifier = Classifier(
-        "test_vit", 10, checkpoint=assets / "classifier.safetensors", mean=[0.5] * 3, std=[0.5] * 3,
-        model_kwargs={"img_size": 32},
-    ).eval()  # fmt: skip
-    engine = MultiScaleEngine(DenoiseAndClassify(denoiser, classifier), 10, [1.0, 0.5, 0.25], 0.3, batch_size=50)
+    base = tiny_assets_base_classifier(assets)
+    engine = MultiScaleEngine(base, 10, [1.0, 0.5, 0.25], 0.3, batch_size=50)
     dataset = CIFAR10DataModule(root=assets / "cifar10", max=4).predict_dataset()
     images = torch.stack([dataset[k][0] for k in range(4)])
     certs = engine.certify(images, list(range(4)), 16, 64, 0.001)
     assert {c.prediction >= 0 for c in certs} == {True, False}  # both the certified and the fallback case
     with torch.no_grad():
-        clean = classifier(images).argmax(1).tolist()  # no noise, no denoiser
+        clean = base.classifier(images).argmax(1).tolist()  # no noise, no denoiser
     assert res.column("clean", int).tolist() == clean
     pred_uc = [c.prediction if c.prediction >= 0 else k for c, k in zip(certs, clean)]
     assert res.column("pred_uc", int).tolist() == pred_uc
@@ -314,14 +301,10 @@ def test_adaptive_sampling_from_cli_matches_engine_and_records_samples(assets, t
     assert main(["certify", *overrides(assets, output, *extra)]) == 0
     res = read_results(output)
 
-    denoiser = DiffusionDenoiser.from_pretrained(assets / "denoiser")
-    classifier = Classifier(
-        "test_vit", 10, checkpoint=assets / "classifier.safetensors", mean=[0.5] * 3, std=[0.5] * 3,
-        model_kwargs={"img_size": 32},
-    )  # fmt: skip
+    base = tiny_assets_base_classifier(assets)
     sampling = AdaptiveSampling(first=50, radii=CIFAR10_RADII)
     engine = MultiScaleEngine(
-        DenoiseAndClassify(denoiser, classifier), 10, [0.5, 0.25], batch_size=50, sampling=sampling
+        base, 10, [0.5, 0.25], batch_size=50, sampling=sampling
     )
     dataset = CIFAR10DataModule(root=assets / "cifar10", max=N_IMAGES).predict_dataset()
     images = torch.stack([dataset[k][0] for k in range(N_IMAGES)])

@@ -9,11 +9,11 @@ import torch
 
 from msds_lightning.cli import main
 from msds_lightning.data import CIFAR10DataModule
-from msds_lightning.models import Classifier, DenoiseAndClassify, DiffusionDenoiser
 from msds_lightning.results.prediction import PREDICTION_COLUMNS, scan_prediction_files
 from msds_lightning.smoothing import Engine
 
 from .conftest import REPO
+from .tiny_models import tiny_assets_base_classifier
 
 CONFIG = REPO / "configs" / "cifar10" / "predict_msds.yaml"
 N_IMAGES = 7
@@ -45,12 +45,8 @@ def without_time(table: list[dict]) -> list[dict]:
 
 
 def engine_predictions(assets: Path, sigma, n0: int, n: int):
-    denoiser = DiffusionDenoiser.from_pretrained(assets / "denoiser")
-    classifier = Classifier(
-        "test_vit", 10, checkpoint=assets / "classifier.safetensors", mean=[0.5] * 3, std=[0.5] * 3,
-        model_kwargs={"img_size": 32},
-    )  # fmt: skip
-    engine = Engine(DenoiseAndClassify(denoiser, classifier), 10, sigma, cascade=isinstance(sigma, list), batch_size=64)
+    base = tiny_assets_base_classifier(assets)
+    engine = Engine(base, 10, sigma, cascade=isinstance(sigma, list), batch_size=64)
     dataset = CIFAR10DataModule(root=assets / "cifar10", max=N_IMAGES).predict_dataset()
     images = torch.stack([dataset[k][0] for k in range(N_IMAGES)])
     labels = [dataset[k][1] for k in range(N_IMAGES)]
@@ -134,16 +130,12 @@ def test_official_empirical_mode_rows_equal_the_engine(tiny_assets, tmp_path):
                     "pred0", "clean", "c_max"]  # fmt: skip
     table = rows(output)
 
-    denoiser = DiffusionDenoiser.from_pretrained(tiny_assets / "denoiser")
-    classifier = Classifier(
-        "test_vit", 10, checkpoint=tiny_assets / "classifier.safetensors", mean=[0.5] * 3, std=[0.5] * 3,
-        model_kwargs={"img_size": 32},
-    ).eval()  # fmt: skip
-    engine = Engine(DenoiseAndClassify(denoiser, classifier), 10, [0.25, 0.5, 1.0], batch_size=64)
+    base = tiny_assets_base_classifier(tiny_assets)
+    engine = Engine(base, 10, [0.25, 0.5, 1.0], batch_size=64)
     dataset = CIFAR10DataModule(root=tiny_assets / "cifar10", max=N_IMAGES).predict_dataset()
     images = torch.stack([dataset[k][0] for k in range(N_IMAGES)])
     with torch.no_grad():
-        logits = classifier(images)  # the clean classifier: no noise, no denoiser
+        logits = base.classifier(images)  # the clean classifier: no noise, no denoiser
     expected = engine.predict_empirical(images, list(range(N_IMAGES)), 40, logits, 0.1)
     assert {p.level for p in expected} == {-1, 0, 1, 2}  # each level fires for some image, none for one
     assert [int(r["predict"]) for r in table] == [p.prediction for p in expected]

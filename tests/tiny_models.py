@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from msds_lightning.models import Classifier, DiffusionDenoiser
+from msds_lightning.models import Classifier, DenoiseAndClassify, DiffusionDenoiser
 
 __all__ = [
     "CIFAR10_CLASSES",
@@ -93,6 +93,17 @@ def tiny_classifier(num_classes: int = 10, image_size: int = 32, seed: int = 0, 
         torch.manual_seed(seed)
         classifier = Classifier("test_vit", num_classes=num_classes, model_kwargs=model_kwargs, **kwargs)
     return classifier.eval()
+
+
+def tiny_assets_base_classifier(root: str | Path) -> DenoiseAndClassify:
+    """The base classifier f(x_noisy, σ) that a config over the ``tiny_assets`` folder builds: its denoiser
+    folder and its ``test_vit`` weights (what the end-to-end tests recompute rows with)."""
+    root = Path(root)
+    classifier = Classifier(
+        "test_vit", 10, checkpoint=root / "classifier.safetensors", mean=[0.5] * 3, std=[0.5] * 3,
+        model_kwargs={"img_size": 32},
+    ).eval()  # fmt: skip
+    return DenoiseAndClassify(DiffusionDenoiser.from_pretrained(root / "denoiser"), classifier)
 
 
 class FakeCIFAR10(NamedTuple):
