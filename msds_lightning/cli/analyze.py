@@ -1,6 +1,6 @@
 """``msds analyze RESULTS... [--radii R...] [--format markdown|latex|csv] [--output FILE] [--plot PNG]
-[--high-prob ALPHA RHO]``: certified accuracy, ACR and abstention per result file, optionally Cohen et al.'s
-high-probability accuracy (:mod:`msds_lightning.results.analysis`)."""
+[--high-prob ALPHA RHO] [--ci [LEVEL]]``: certified accuracy, ACR and abstention per result file, optionally Cohen
+et al.'s high-probability accuracy and intervals over the test set (:mod:`msds_lightning.results.analysis`)."""
 
 from __future__ import annotations
 
@@ -27,6 +27,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also give Cohen et al.'s high-probability accuracy at each radius: a lower bound on the "
                    "certified accuracy holding with probability 1-RHO, for certificates that each fail with "
                    "probability ALPHA (certify's alpha); e.g. 0.001 0.001")  # fmt: skip
+    p.add_argument("--ci", nargs="?", type=float, const=0.95, default=None, metavar="LEVEL",
+                   help="also give intervals over the test set at confidence LEVEL (default 0.95): Clopper-Pearson "
+                   "for the certified accuracy at each radius, a seeded BCa bootstrap for the ACR")  # fmt: skip
+    p.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples for --ci (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed for --ci (default: %(default)s)")
     return p
 
 
@@ -35,11 +40,21 @@ def main(argv: Sequence[str]) -> int:
     import numpy as np
 
     from ..results import read_results
-    from ..results.analysis import FORMATTERS, check_high_prob_levels, plot_certified_accuracy, summarize
+    from ..results.analysis import (
+        FORMATTERS,
+        check_ci_level,
+        check_high_prob_levels,
+        plot_certified_accuracy,
+        summarize,
+    )
 
     if any(r < 0 for r in args.radii):
         raise ValueError(f"--radii must be >= 0, got {args.radii}")
     high_prob = None if args.high_prob is None else check_high_prob_levels(*args.high_prob)
+    if args.ci is not None:
+        check_ci_level(args.ci)
+        if args.resamples < 100:
+            raise ValueError(f"--resamples must be >= 100 for a bootstrap interval, got {args.resamples}")
     results = [read_results(p) for p in args.results]
     for path, res in zip(args.results, results):
         if len(res) == 0:
@@ -48,7 +63,8 @@ def main(argv: Sequence[str]) -> int:
         if nan or inf:  # NaN never counts as certified, inf counts at every radius: say so
             print(f"msds analyze: warning: {path} has {nan} NaN and {inf} infinite radius value(s); NaN rows "
                   f"count as not certified, infinite ones as certified at every radius", file=sys.stderr)  # fmt: skip
-    table = FORMATTERS[args.format]([summarize(r, args.radii, high_prob) for r in results])
+    summaries = [summarize(r, args.radii, high_prob, args.ci, args.resamples, args.seed) for r in results]
+    table = FORMATTERS[args.format](summaries)
     sys.stdout.write(table)
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)

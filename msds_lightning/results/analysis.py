@@ -10,7 +10,9 @@ Definitions (those of Cohen et al.'s ``analyze.py``, computed from the radius *a
   --model.official_columns true``) = mean of ``corr_uc``: the certified class where the image is
   certified, the clean classifier's class elsewhere. A hybrid number: no guarantee on the fallback part;
 * high-probability accuracy at r (optional, :func:`high_probability_accuracy`) = a lower confidence bound
-  on the certified accuracy that accounts for each certificate's Monte-Carlo failure probability.
+  on the certified accuracy that accounts for each certificate's Monte-Carlo failure probability;
+* intervals over the test set (optional, :func:`accuracy_intervals`, :func:`acr_interval`): what the
+  evaluated images say about the distribution they were drawn from.
 """
 
 from __future__ import annotations
@@ -90,6 +92,54 @@ def average_certified_radius(radius: np.ndarray, correct: np.ndarray) -> float:
     return float(np.mean(radius * correct)) if radius.size else float("nan")
 
 
+def check_ci_level(level: float) -> float:
+    """A confidence level strictly inside (0, 1), e.g. 0.95."""
+    if not 0.0 < float(level) < 1.0:  # also rejects NaN
+        raise ValueError(f"confidence level must be in (0, 1), got {level!r}")
+    return float(level)
+
+
+def accuracy_intervals(
+    radius: np.ndarray, correct: np.ndarray, radii: Sequence[float], level: float = 0.95
+) -> np.ndarray:
+    """Clopper–Pearson intervals [2, len(radii)] (low row, high row) for the certified accuracy at each
+    radius, over the evaluated images: what the table's accuracy says about the whole test distribution the
+    images were drawn from, at confidence ``level`` (statsmodels ``proportion_confint``, ``method="beta"``)."""
+    from statsmodels.stats.proportion import proportion_confint
+
+    level = check_ci_level(level)
+    radius, correct = np.asarray(radius, dtype=float), np.asarray(correct).astype(bool)
+    n = radius.size
+    if n == 0:
+        return np.full((2, len(radii)), np.nan)
+    hits = [int(np.sum(correct & (radius >= r))) for r in radii]
+    low, high = proportion_confint(hits, n, alpha=1.0 - level, method="beta")
+    return np.vstack([np.asarray(low, dtype=float), np.asarray(high, dtype=float)])
+
+
+def acr_interval(
+    radius: np.ndarray, correct: np.ndarray, level: float = 0.95, resamples: int = 10_000, seed: int = 0
+) -> tuple[float, float]:
+    """A seeded BCa bootstrap interval (scipy ``bootstrap``, ``resamples`` resamples of the images) for the
+    ACR at confidence ``level``; ``(ACR, ACR)`` when every image has the same ``radius · correct``."""
+    from scipy.stats import bootstrap
+
+    level = check_ci_level(level)
+    if resamples < 100:
+        raise ValueError(f"resamples must be >= 100 for a bootstrap interval, got {resamples}")
+    values = np.asarray(radius, dtype=float) * np.asarray(correct, dtype=float)
+    if values.size == 0:
+        return float("nan"), float("nan")
+    if np.all(values == values[0]):  # no spread: BCa is undefined, and the interval is the point
+        return float(values[0]), float(values[0])
+    res = bootstrap((values,), np.mean, n_resamples=resamples, confidence_level=level, method="BCa",
+                    random_state=np.random.default_rng(seed))  # fmt: skip
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+WIDE_INTERVAL = 0.02  # a note under the table when an accuracy interval reaches further than ±2 points
+
+
 @dataclass
 class LevelStats:
     """How one noise level of a multi-scale cascade answered: images it certified and their accuracy."""
@@ -102,6 +152,22 @@ class LevelStats:
     @property
     def accuracy(self) -> float:
         return self.correct / self.answered if self.answered else float("nan")
+
+
+@dataclass(frozen=True)
+class TestSetIntervals:
+    """Intervals over the evaluated images at confidence ``level``: Clopper–Pearson for the certified
+    accuracy at each radius (``accuracy``: low row, high row), a seeded BCa bootstrap for the ACR."""
+
+    level: float
+    accuracy: np.ndarray
+    acr: tuple[float, float]
+    resamples: int
+    seed: int
+
+    def wide(self, accuracy: np.ndarray) -> bool:
+        """Whether some accuracy interval reaches further than ±WIDE_INTERVAL from the estimate."""
+        return bool(np.any(np.maximum(accuracy - self.accuracy[0], self.accuracy[1] - accuracy) > WIDE_INTERVAL))
 
 
 @dataclass
@@ -117,6 +183,7 @@ class Summary:
     high_prob: np.ndarray | None = None  # high-probability accuracy at each radius, if asked for
     high_prob_levels: tuple[float, float] | None = None  # its (alpha, rho)
     fallback: float = float("nan")  # certify-or-fallback accuracy (mean of ``corr_uc``), nan if absent
+    ci: TestSetIntervals | None = None  # intervals over the test set, if asked for
 
 
 def _with_fallback(summaries: Sequence[Summary]) -> bool:
@@ -141,9 +208,20 @@ def summarize(
     results: Results,
     radii: Sequence[float] = CIFAR10_RADII,
     high_prob: tuple[float, float] | None = None,
+    ci: float | None = None,
+    resamples: int = 10_000,
+    seed: int = 0,
 ) -> Summary:
-    """The table row of one result file; ``high_prob=(alpha, rho)`` adds :func:`high_probability_accuracy`."""
+    """The table row of one result file; ``high_prob=(alpha, rho)`` adds :func:`high_probability_accuracy`,
+    ``ci=LEVEL`` the intervals over the test set (:func:`accuracy_intervals`, :func:`acr_interval` with
+    ``resamples`` and ``seed``)."""
     radii = tuple(float(r) for r in radii)
+    intervals = None
+    if ci is not None:
+        intervals = TestSetIntervals(
+            check_ci_level(ci), accuracy_intervals(results.radius, results.correct, radii, ci),
+            acr_interval(results.radius, results.correct, ci, resamples, seed), int(resamples), int(seed),
+        )  # fmt: skip
     if high_prob is not None:
         high_prob = check_high_prob_levels(*high_prob)
     levels = []
@@ -174,6 +252,7 @@ def summarize(
         fallback=float(np.mean(results.column("corr_uc", int)))
         if "corr_uc" in results.columns and len(results)
         else float("nan"),
+        ci=intervals,
     )
 
 
@@ -198,6 +277,24 @@ def _radius_label(r: float, first: bool) -> str:
     return f"r={text}" if first else text
 
 
+def _interval_notes(summaries: Sequence[Summary]) -> list[str]:
+    """Lines under a markdown table with intervals: how they were made, and which files are too small to
+    resolve differences of a point or two."""
+    with_ci = [s for s in summaries if s.ci is not None]
+    if not with_ci:
+        return []
+    ci = with_ci[0].ci
+    lines = ["", f"{ci.level:.0%} intervals over the evaluated images: Clopper–Pearson for the certified accuracy, "
+             f"a BCa bootstrap ({ci.resamples:,} resamples, seed {ci.seed}) for the ACR."]  # fmt: skip
+    for s in with_ci:
+        if s.ci.wide(s.accuracy):
+            reach = np.max(np.maximum(s.accuracy - s.ci.accuracy[0], s.ci.accuracy[1] - s.accuracy))
+            lines.append(f"Note: {s.name} has {s.count} images; its accuracy intervals reach up to ±{100 * reach:.1f} "
+                         f"points (wider than ±{100 * WIDE_INTERVAL:.0f}), so differences of a point or two are "
+                         "not resolved: certify more images.")  # fmt: skip
+    return lines
+
+
 def format_markdown(summaries: Sequence[Summary]) -> str:
     """Markdown table: one row per file, certified accuracy at each radius (3 decimals), ACR (4), abstain,
     and "fallback acc" (certify-or-fallback accuracy) when a file has ``corr_uc``; a file summarized with
@@ -217,6 +314,11 @@ def format_markdown(summaries: Sequence[Summary]) -> str:
             cells = [f"{s.name} {_high_prob_label(s)}", *(f"{a:.3f}" for a in s.high_prob)]
             cells += ["-"] * (2 + with_fallback + with_samples)  # no ACR, abstention, ... for this row
             lines.append("| " + " | ".join(cells) + " |")
+        if s.ci is not None:
+            cells = [f"{s.name} {s.ci.level:.0%} CI", *(f"[{lo:.3f}, {hi:.3f}]" for lo, hi in s.ci.accuracy.T)]
+            cells += [f"[{s.ci.acr[0]:.4f}, {s.ci.acr[1]:.4f}]"] + ["-"] * (1 + with_fallback + with_samples)
+            lines.append("| " + " | ".join(cells) + " |")
+    lines += _interval_notes(summaries)
     levels = [(s, lv) for s in summaries for lv in s.levels]
     if levels:
         lines += ["", "| file | level | sigma | answered | accuracy |", "|---|---|---|---|---|"]
@@ -251,6 +353,10 @@ def format_latex(summaries: Sequence[Summary]) -> str:
             label = f"{name} {_high_prob_label(s, latex=True)}"
             cells = [f"{a:.3f}" for a in s.high_prob] + ["--"] * (2 + with_fallback + with_samples)
             out.append(" & ".join([label, *cells]) + " \\\\")
+        if s.ci is not None:
+            cells = [f"[{lo:.3f}, {hi:.3f}]" for lo, hi in s.ci.accuracy.T]
+            cells += [f"[{s.ci.acr[0]:.4f}, {s.ci.acr[1]:.4f}]"] + ["--"] * (1 + with_fallback + with_samples)
+            out.append(" & ".join([f"{name} {s.ci.level:.0%}".replace("%", "\\%") + " CI", *cells]) + " \\\\")
     out += ["\\bottomrule", "\\end{tabular}"]
     return "\n".join(out) + "\n"
 
@@ -269,6 +375,10 @@ def format_csv(summaries: Sequence[Summary]) -> str:
     header += ["samples_per_image"] if with_samples else []
     if with_high_prob:
         header += [*(f"high_prob_r={r:g}" for r in radii), "high_prob_alpha", "high_prob_rho"]
+    with_ci = any(s.ci is not None for s in summaries)
+    if with_ci:
+        header += [*(f"ci_low_r={r:g}" for r in radii), *(f"ci_high_r={r:g}" for r in radii), "acr_ci_low",
+                   "acr_ci_high", "ci_level", "ci_resamples", "ci_seed"]  # fmt: skip
     writer.writerow(header)
     for s in summaries:
         row = [s.name, s.count, *(repr(float(a)) for a in s.accuracy), repr(s.acr), repr(s.abstain)]
@@ -278,6 +388,11 @@ def format_csv(summaries: Sequence[Summary]) -> str:
             row += [*(repr(float(a)) for a in s.high_prob), *(repr(v) for v in s.high_prob_levels)]
         elif with_high_prob:
             row += [""] * (len(radii) + 2)
+        if s.ci is not None:
+            row += [*(repr(float(v)) for v in s.ci.accuracy[0]), *(repr(float(v)) for v in s.ci.accuracy[1])]
+            row += [repr(s.ci.acr[0]), repr(s.ci.acr[1]), repr(s.ci.level), s.ci.resamples, s.ci.seed]
+        elif with_ci:
+            row += [""] * (2 * len(radii) + 5)
         writer.writerow(row)
     return buffer.getvalue()
 
