@@ -90,3 +90,24 @@ def test_cli_ci_flag(shared_fixtures, capsys):
     assert main(["analyze", path, "--ci", "1.2"]) == 2
     assert "confidence level must be in (0, 1)" in capsys.readouterr().err
     assert main(["analyze", path, "--ci", "--resamples", "10"]) == 2
+
+
+def test_coverage_on_simulated_test_sets():
+    """Over simulated test sets drawn from a known distribution, the intervals cover the truth at least
+    at the nominal level, within Monte-Carlo error (Clopper-Pearson is conservative; the bootstrap is not
+    exact, so it gets the same 3-sd allowance)."""
+    rng = np.random.default_rng(1)
+    sets, n, level = 400, 200, 0.95
+    allowance = 3 * np.sqrt(level * (1 - level) / sets)  # 0.033
+    # P(correct) = 0.8 and radius ~ U(0, 1) on correct images: accuracy at r = 0.25 is 0.6, the ACR 0.4
+    true_accuracy, true_acr = 0.8 * 0.75, 0.8 * 0.5
+    covered_accuracy = covered_acr = 0
+    for k in range(sets):
+        correct = rng.random(n) < 0.8
+        radius = np.where(correct, rng.random(n), 0.0)
+        (low,), (high,) = accuracy_intervals(radius, correct, [0.25], level)
+        covered_accuracy += low <= true_accuracy <= high
+        lo, hi = acr_interval(radius, correct, level, resamples=400, seed=k)
+        covered_acr += lo <= true_acr <= hi
+    assert covered_accuracy / sets >= level - allowance
+    assert covered_acr / sets >= level - allowance
