@@ -28,6 +28,7 @@ def test_wheel_ships_the_configs_and_the_demo_finds_them(tmp_path):
                 for p in (REPO / "msds_lightning" / "configs").rglob("*.yaml")}  # fmt: skip
     assert expected and shipped == expected
     assert not any(n.startswith("tests/") for n in zipfile.ZipFile(wheel).namelist())
+    assert "msds_lightning/results/published.yaml" in zipfile.ZipFile(wheel).namelist()  # msds analyze --compare
 
     # the installed package (first on the path, away from the checkout) resolves the demo's configs inside it
     probe = ("import msds_lightning.demo as d; print(d.CONFIGS); "

@@ -30,12 +30,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ci", nargs="?", type=float, const=0.95, default=None, metavar="LEVEL",
                    help="also give intervals over the test set at confidence LEVEL (default 0.95): Clopper-Pearson "
                    "for the certified accuracy at each radius, a seeded BCa bootstrap for the ACR")  # fmt: skip
+    p.add_argument("--compare", metavar="NAME",
+                   help="also print each file under a published result of that name, with the differences "
+                   "(`--compare list` lists the registry: msds_lightning/results/published.yaml)")  # fmt: skip
     p.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples for --ci (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed for --ci (default: %(default)s)")
     return p
 
 
 def main(argv: Sequence[str]) -> int:
+    if list(argv[-2:]) == ["--compare", "list"] or list(argv) == ["--compare", "list"]:
+        from ..results.published import published_results
+
+        for entry in published_results().values():
+            print(f"{entry.name}: {entry.paper}; {entry.data}; σ = {entry.sigma}")
+        return 0
     args = build_parser().parse_args(argv)
     import numpy as np
 
@@ -51,6 +60,11 @@ def main(argv: Sequence[str]) -> int:
     if any(r < 0 for r in args.radii):
         raise ValueError(f"--radii must be >= 0, got {args.radii}")
     high_prob = None if args.high_prob is None else check_high_prob_levels(*args.high_prob)
+    published = None
+    if args.compare is not None:
+        from ..results.published import published_result
+
+        published = published_result(args.compare)
     if args.ci is not None:
         check_ci_level(args.ci)
         if args.resamples < 100:
@@ -65,6 +79,10 @@ def main(argv: Sequence[str]) -> int:
                   f"count as not certified, infinite ones as certified at every radius", file=sys.stderr)  # fmt: skip
     summaries = [summarize(r, args.radii, high_prob, args.ci, args.resamples, args.seed) for r in results]
     table = FORMATTERS[args.format](summaries)
+    if published is not None:
+        from ..results.published import format_comparison
+
+        table += "\n" + format_comparison(published, results)
     sys.stdout.write(table)
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
