@@ -16,7 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="msds analyze", description="tabulate certified accuracy, ACR and abstention "
                                 "from result TSVs")  # fmt: skip
     p.add_argument(
-        "results", nargs="+", help="result TSV files (columns idx label predict radius correct time ...)"
+        "results", nargs="*", help="result TSV files (columns idx label predict radius correct time ...)"
     )
     p.add_argument("--radii", nargs="+", type=float, default=list(CIFAR10_RADII),
                    help="radii for the table, in [0,1] pixel units (default: %(default)s; ImageNet: 0 0.5 1 1.5 2 2.5 3)")  # fmt: skip
@@ -39,13 +39,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str]) -> int:
-    if list(argv[-2:]) == ["--compare", "list"] or list(argv) == ["--compare", "list"]:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.compare == "list":
         from ..results.published import published_results
 
         for entry in published_results().values():
             print(f"{entry.name}: {entry.paper}; {entry.data}; σ = {entry.sigma}")
         return 0
-    args = build_parser().parse_args(argv)
+    if not args.results:
+        parser.error("the following arguments are required: results")
     import numpy as np
 
     from ..results import read_results

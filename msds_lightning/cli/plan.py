@@ -65,23 +65,20 @@ def samples_needed(radius: float, sigma: float, alpha: float, p0: float = 0.5) -
 
 
 def main(argv: Sequence[str]) -> int:
+    import argparse
+
     from ..modules import CertifyModule
 
-    argv = list(argv)
-    budget, warmup_images = None, 2
-    for flag in ("--budget", "--warmup-images"):  # our own flags; the rest is the certify config
-        if flag in argv:
-            k = argv.index(flag)
-            if k + 1 >= len(argv):
-                raise ValueError(f"{flag} needs a value")
-            value = argv.pop(k + 1)
-            argv.pop(k)
-            if flag == "--budget":
-                budget = parse_duration(value)
-            else:
-                warmup_images = int(value)
-                if warmup_images < 1:
-                    raise ValueError(f"--warmup-images must be >= 1, got {warmup_images}")
+    # our own flags; everything else is the certify config and its overrides (no abbreviations: those
+    # would swallow LightningCLI options)
+    own = argparse.ArgumentParser(prog="msds plan", add_help=False, allow_abbrev=False)
+    own.add_argument("--budget")
+    own.add_argument("--warmup-images", type=int, default=2)
+    args, argv = own.parse_known_args(list(argv))
+    budget = None if args.budget is None else parse_duration(args.budget)
+    warmup_images = args.warmup_images
+    if warmup_images < 1:
+        raise ValueError(f"--warmup-images must be >= 1, got {warmup_images}")
     defaults = {"logger": False, "enable_checkpointing": False, "enable_model_summary": False}
     cli = lightning_cli(CertifyModule, argv, "msds plan", add_arguments=certify_arguments,
                         save_config_callback=None, trainer_defaults=defaults)  # fmt: skip
@@ -113,6 +110,8 @@ def main(argv: Sequence[str]) -> int:
         raise ValueError("no image to certify: the data selection (--data.init_args.skip/max) is empty")
     import torch
 
+    from ..smoothing import ESTIMATION
+
     device = cli.trainer.strategy.root_device
     model.to(device).eval()
     take = min(warmup_images, count)
@@ -121,7 +120,7 @@ def main(argv: Sequence[str]) -> int:
     warm_n = min(model.n, 2 * (engine.batch_size or 1000))
     engine.certify(images[:1], [0], model.n0, min(warm_n, 100), model.alpha)  # kernels, allocator, compile
     began = time.perf_counter()
-    engine.counts(images, indices, warm_n, (1,), sigma=sigmas[0])
+    engine.counts(images, indices, warm_n, (ESTIMATION,), sigma=sigmas[0])
     rate = take * warm_n / (time.perf_counter() - began)
     devices = max(1, int(cli.trainer.num_devices) * int(cli.trainer.num_nodes))
     per_image = (
