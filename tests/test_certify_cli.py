@@ -326,7 +326,7 @@ def test_adaptive_sampling_from_cli_matches_engine_and_records_samples(assets, t
 
 def _copy_run(run: Path, output: Path) -> None:
     """``run``'s TSV, fingerprint and config under the name ``output`` (a finished run moved elsewhere)."""
-    for suffix in (".tsv", ".fingerprint.json", ".config.yaml"):
+    for suffix in (".tsv", ".fingerprint.json", ".config.yaml", ".counts"):
         output.with_suffix(suffix).write_bytes(run.with_suffix(suffix).read_bytes())
 
 

@@ -3,7 +3,9 @@
 Each rank appends its rows to ``<output>.shards/rank<k>.tsv`` (flushed per row). At the end rank 0 merges
 the previous merged file and all shards into ``<output>``, sorted by idx, with exactly one row per
 dataset index of the run (a missing or conflicting index raises), then prints the summary table of the
-run's index set and writes it next to the output as ``<output stem>.md``.
+run's index set and writes it next to the output as ``<output stem>.md``. The images' Monte-Carlo counts
+go the same way into ``<output stem>.counts`` (:mod:`msds_lightning.results.counts`; ``msds recertify``
+re-decides a run from them), each counts row written before its result row.
 
 Resuming, and what is checked so that a resumed table cannot mix runs:
 
@@ -33,6 +35,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from ..results import ResultWriter, merge_result_files, read_results, scan_result_files
 from ..results.analysis import CIFAR10_RADII, format_markdown, summarize
+from ..results.counts import COUNTS_KEY, CountsWriter, counts_path, keep_rows, merge_counts_files, scan_counts_files
 from ..results.prediction import PredictionWriter as PredictionRowWriter
 from ..results.prediction import merge_prediction_files, prediction_summary, scan_prediction_files
 from ..runs import OutputLock, check_fingerprint, check_output_path, fingerprint_path, write_fingerprint
@@ -72,6 +75,7 @@ class CertificationWriter(BasePredictionWriter):
         self.overwrite = bool(overwrite)
         self.fingerprint: dict | None = None
         self._writer: ResultWriter | None = None
+        self._counts_writer: CountsWriter | None = None
         self._lock = OutputLock(self.output, hint="give another --results.output")
         self._shard_lock: OutputLock | None = None
         self._prepared = False
@@ -81,12 +85,17 @@ class CertificationWriter(BasePredictionWriter):
     def _existing(self) -> list[Path]:
         return [self.output, *sorted(self.shard_dir.glob("rank*.tsv"))]
 
+    def _existing_counts(self) -> list[Path]:
+        if not self.records_counts:
+            return []
+        return [counts_path(self.output), *sorted(self.shard_dir.glob("rank*.counts"))]
+
     def _fingerprint_files(self) -> list[Path]:
         return [fingerprint_path(self.output), self.shard_dir / "fingerprint.json"]
 
     def discard(self) -> None:
         """Delete the output's rows, summary and fingerprint (``overwrite``); lock files stay."""
-        for path in (self.output, self.output.with_suffix(".md"), *self._fingerprint_files()):
+        for path in (self.output, self.output.with_suffix(".md"), *self._fingerprint_files(), *self._existing_counts()):
             path.unlink(missing_ok=True)
         for shard in self.shard_dir.glob("rank*.tsv"):
             shard.unlink()
@@ -122,9 +131,7 @@ class CertificationWriter(BasePredictionWriter):
         self.release()
 
     def release(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        self._close_writers()
         for lock in (self._shard_lock, self._lock):
             if lock is not None:
                 lock.release()
@@ -165,6 +172,10 @@ class CertificationWriter(BasePredictionWriter):
                 + "\n  ".join(scan.problems[:10])
             )
         trainer.strategy.barrier()  # everyone has read the old shards before anyone appends to them
+        if trainer.is_global_zero:  # counts of images whose result row a killed job never wrote
+            for path in self._existing_counts():
+                keep_rows(path, set(scan.rows))
+        trainer.strategy.barrier()
         pl_module.skip_indices = set(scan.rows)
         if scan.rows:
             rank_zero_info(f"resuming: {len(scan.rows)} image(s) already done in {self.output}")
@@ -174,6 +185,8 @@ class CertificationWriter(BasePredictionWriter):
         if trainer.is_global_zero and self.fingerprint is not None:
             write_fingerprint(self.shard_dir / "fingerprint.json", self.fingerprint)
         self._writer = self._row_writer(shard, getattr(pl_module, "extra_columns", ()))
+        if self.records_counts:
+            self._counts_writer = CountsWriter(self.shard_dir / f"rank{trainer.global_rank}.counts")
         self._stop_signal = None
         self._install_signal_handlers()
 
@@ -181,14 +194,21 @@ class CertificationWriter(BasePredictionWriter):
         self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0
     ):
         for row in prediction:
+            record = row.pop(COUNTS_KEY, None)
+            if record is not None and self._counts_writer is not None:
+                self._counts_writer.write(row["idx"], record)  # first: a result row always has its counts
             self._writer.write(**row)
         if self._stop_signal is not None:
             raise CertificationStopped(self._stop_signal)
 
+    def _close_writers(self) -> None:
+        for writer in (self._writer, self._counts_writer):
+            if writer is not None:
+                writer.close()
+        self._writer = self._counts_writer = None
+
     def on_predict_end(self, trainer, pl_module) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        self._close_writers()
         trainer.strategy.barrier()  # every shard is complete
         if trainer.is_global_zero:
             # a complete run must hold every index of the data set; a debug run (limit_predict_batches,
@@ -200,7 +220,10 @@ class CertificationWriter(BasePredictionWriter):
             indices = getattr(trainer.predict_dataloaders.dataset, "indices", None)
             shards = [p for p in self._existing() if p.is_file()]
             count = self._merge(shards, indices if complete else None, _dataset_size(trainer))
-            for shard in shards[1:]:  # the merge is written and verified: the shards can go
+            count_files = [p for p in self._existing_counts() if p.is_file()]
+            if count_files:
+                self._merge_counts(count_files, _dataset_size(trainer))
+            for shard in shards[1:] + count_files[1:]:  # the merges are written and verified: the shards can go
                 shard.unlink()
             shutil.rmtree(self.shard_dir, ignore_errors=True)  # fingerprint copy and lock files
             table = self._summary(indices) + _precision_note(str(trainer.precision))
@@ -210,6 +233,16 @@ class CertificationWriter(BasePredictionWriter):
 
     # --- the row format (PredictionWriter overrides these) ------------------------------------------------
     done_word = "certified"
+    records_counts = True  # the counts sidecar (msds recertify)
+
+    def _merge_counts(self, files, size) -> None:
+        """Merge the counts sidecar; warn when it does not cover every result row (an output begun before
+        the sidecar existed: ``msds recertify`` then re-decides only the images it has counts of)."""
+        target = counts_path(self.output)
+        merge_counts_files(files, target, size)
+        missing = len(set(scan_result_files([self.output], size).rows) - set(scan_counts_files([target], size).rows))
+        if missing:
+            rank_zero_warn(f"{target} has no counts for {missing} image(s) certified before counts were recorded")
 
     def _scan(self, paths, size):
         return scan_result_files(paths, size)
@@ -253,6 +286,7 @@ class PredictionWriter(CertificationWriter):
     abstention. :param radii: unused (kept so the two writers take the same arguments)."""
 
     done_word = "predicted"
+    records_counts = False
 
     def __init__(
         self, output: str = "outputs/predict.tsv", radii: Sequence[float] = CIFAR10_RADII,

@@ -10,6 +10,7 @@ fast). :func:`run_command` is the dispatcher (``msds demo`` calls it too): bad i
 ``msds compare A.tsv B.tsv [--radii R...] [--resamples 10000] [--seed 0]``
 ``msds certify -c CONFIG.yaml [--section.key value ...]`` (LightningCLI: trainer, model, data, results)
 ``msds predict -c CONFIG.yaml [--section.key value ...]`` (the same sections; PREDICT instead of CERTIFY)
+``msds recertify RUN.tsv [RUN.tsv ...] --output OUT.tsv [--alpha A] [--p0 P] [--sigmas S ...] [--off-class M]``
 ``msds plan -c CERTIFY_CONFIG.yaml [--section.key value ...] [--budget 24h] [--warmup-images 2]``
 ``msds finetune | pretrain-denoiser | train-classifier | adversarial-train | train-idc -c CONFIG.yaml
 [--ckpt_path PATH|last]`` (LightningCLI ``fit``)
@@ -32,6 +33,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("compare:main", "paired comparison A - B over the same images: exact McNemar per radius, "
                 "bootstrap ACR"),  # fmt: skip
     "certify": ("certify:main", "certify a data set with a (denoised-)smoothed classifier (LightningCLI config)"),
+    "recertify": ("recertify:main", "re-decide certification runs from their recorded counts (no forward): "
+                  "another alpha, p0, sigma set; a cascade from single-sigma runs"),  # fmt: skip
     "plan": ("plan:main", "before certifying: the largest radius N can certify, measured samples/s, wall time"),
     "predict": ("certify:predict", "PREDICT a data set: g(x) or abstain per image, one σ or the cascade (config)"),
     "finetune": ("train:finetune", "MSDS fine-tuning of a diffusion denoiser with the classifier frozen"),

@@ -19,10 +19,13 @@ import torch
 from lightning.pytorch import LightningModule
 
 from ..models import DenoiseAndClassify
+from ..results.certification import certificate_row, certification_columns
+from ..results.counts import COUNTS_KEY
 from ..smoothing import NOISE_BLOCK, Engine, IgnoreSigma
 from ..smoothing.adaptive import AdaptiveSampling, check_sampling
 from ..smoothing.checks import check_alpha, check_count
 from ..smoothing.multiscale import UNIFORM_WEIGHT, check_prediction_p0
+from ..smoothing.records import CountRecorder
 
 PREDICT_MODES = ("predict", "official_empirical")
 
@@ -147,45 +150,26 @@ class CertifyModule(SmoothedClassifierModule):
         self.n0, self.n = check_count(n0, "n0"), check_count(n, "n")
         self.alpha = check_alpha(alpha)
         self.sampling = check_sampling(sampling)
-        if self.engine.cascade:
-            per_level = [f"{name}@{s:g}" for s in self.sigmas for name in ("c", "nA", "N", "pL", "pU")]
-            self.extra_columns = ("level", "sigma", "stage", "n0", "n", "p0", "samples", *per_level)
-        else:
-            self.extra_columns = ("sigma", "n0", "n", "nA", "pA_lower", "samples")
         self.official_columns = bool(official_columns)
-        if self.official_columns:
-            official = ("r_neg", "clean", "pred_uc", "corr_uc") if self.engine.cascade else ("clean", "pred_uc", "corr_uc")
-            self.extra_columns += official
+        self.extra_columns = certification_columns(self.sigmas, self.engine.cascade, self.official_columns)
 
     def predict_step(self, batch, batch_idx: int) -> list[dict]:
         images, labels, indices = self.to_do(batch)
         if not indices:
             return []
         start = time.perf_counter()
-        certificates = self.engine.certify(images, indices, self.n0, self.n, self.alpha)
-        clean = self.clean_logits(images).argmax(1).tolist() if self.official_columns else None
+        self.engine.recorder = recorder = CountRecorder(self.num_classes)  # the counts sidecar (msds recertify)
+        try:
+            certificates = self.engine.certify(images, indices, self.n0, self.n, self.alpha)
+        finally:
+            self.engine.recorder = None
+        clean = self.clean_logits(images).argmax(1).tolist() if self.official_columns else [None] * len(indices)
         seconds = (time.perf_counter() - start) / len(indices)  # images of a step share forwards: split evenly
         rows = []
-        for i, y, c in zip(indices, labels, certificates):
-            row = dict(
-                idx=i, label=y, predict=c.prediction, radius=c.radius, seconds=seconds, n0=self.n0, n=self.n
-            )
-            if self.engine.cascade:
-                row.update(level=c.level, sigma=c.sigma if c.level >= 0 else 0.0, stage=c.stage, p0=self.p0,
-                           samples=c.samples(self.n0))  # fmt: skip
-                visited = {r.sigma: r for r in c.levels}
-                for s in self.sigmas:
-                    r = visited.get(s)
-                    row.update({f"c@{s:g}": r.selected if r else "", f"nA@{s:g}": r.n_a if r else "",
-                                f"N@{s:g}": r.n if r else "", f"pL@{s:g}": r.p_lower if r else "",
-                                f"pU@{s:g}": r.p_upper if r else ""})  # fmt: skip
-            else:
-                row.update(sigma=self.sigmas[0], n=c.n, nA=c.n_a, pA_lower=c.p_lower, samples=self.n0 + c.n)
-            if clean is not None:
-                fallback = c.prediction if c.prediction >= 0 else clean[len(rows)]
-                row.update(clean=clean[len(rows)], pred_uc=fallback, corr_uc=int(fallback == y))
-                if self.engine.cascade:
-                    row.update(r_neg=c.negative_radius)
+        for i, y, c, clean_class in zip(indices, labels, certificates, clean):
+            row = certificate_row(c, i, y, seconds, sigmas=self.sigmas, cascade=self.engine.cascade, n0=self.n0,
+                                  n=self.n, p0=self.p0, clean=clean_class)  # fmt: skip
+            row[COUNTS_KEY] = recorder.records[i].to_json()
             rows.append(row)
         return rows
 

@@ -69,6 +69,60 @@ def header(extra_columns: Sequence[str] = ()) -> str:
     return "\t".join((*COHEN_COLUMNS, *extra_columns))
 
 
+def parse_time(text: str) -> float:
+    """Seconds of a ``time`` cell (:func:`format_time`'s ``datetime.timedelta`` text, e.g. ``0:00:01.250000`` or
+    ``1 day, 0:00:01``); ``format_time(parse_time(t)) == t`` for every cell :func:`format_time` writes."""
+    days, _, clock = text.rpartition(", ")
+    try:
+        hours, minutes, seconds = (float(part) for part in clock.split(":"))
+        day_count = int(days.split()[0]) if days else 0
+    except (IndexError, ValueError):
+        raise ValueError(f"{text!r} is not a time cell (H:MM:SS.ffffff)") from None
+    delta = datetime.timedelta(days=day_count, hours=hours, minutes=minutes, seconds=seconds)
+    return delta.total_seconds()
+
+
+def certification_columns(sigmas: Sequence[float], cascade: bool, official: bool = False) -> tuple[str, ...]:
+    """The extra columns of a certification run (after :data:`COHEN_COLUMNS`): Cohen's rule or the cascade
+    over ``sigmas`` (one group ``c@σ nA@σ N@σ pL@σ pU@σ`` per level), then the official ones if asked."""
+    if cascade:
+        per_level = [f"{name}@{s:g}" for s in sigmas for name in ("c", "nA", "N", "pL", "pU")]
+        columns = ("level", "sigma", "stage", "n0", "n", "p0", "samples", *per_level)
+    else:
+        columns = ("sigma", "n0", "n", "nA", "pA_lower", "samples")
+    if official:
+        columns += ("r_neg", "clean", "pred_uc", "corr_uc") if cascade else ("clean", "pred_uc", "corr_uc")
+    return columns
+
+
+def certificate_row(
+    certificate, idx: int, label: int, seconds: float, *, sigmas: Sequence[float], cascade: bool, n0: int, n: int,
+    p0: float, clean: int | None = None,
+) -> dict:  # fmt: skip
+    """The row of one image's certificate (a :class:`~msds_lightning.smoothing.Certificate` or, for the
+    cascade, a :class:`~msds_lightning.smoothing.MultiScaleCertificate`) with the values of
+    :func:`certification_columns`; ``clean`` (the classifier alone on the clean image) adds the official
+    columns."""
+    c = certificate
+    row = dict(idx=idx, label=label, predict=c.prediction, radius=c.radius, seconds=seconds, n0=n0, n=n)
+    if cascade:
+        row.update(level=c.level, sigma=c.sigma if c.level >= 0 else 0.0, stage=c.stage, p0=p0, samples=c.samples(n0))
+        visited = {r.sigma: r for r in c.levels}
+        for s in sigmas:
+            r = visited.get(s)
+            row.update({f"c@{s:g}": r.selected if r else "", f"nA@{s:g}": r.n_a if r else "",
+                        f"N@{s:g}": r.n if r else "", f"pL@{s:g}": r.p_lower if r else "",
+                        f"pU@{s:g}": r.p_upper if r else ""})  # fmt: skip
+    else:
+        row.update(sigma=sigmas[0], n=c.n, nA=c.n_a, pA_lower=c.p_lower, samples=n0 + c.n)
+    if clean is not None:
+        fallback = c.prediction if c.prediction >= 0 else clean
+        row.update(clean=clean, pred_uc=fallback, corr_uc=int(fallback == label))
+        if cascade:
+            row.update(r_neg=c.negative_radius)
+    return row
+
+
 class ResultWriter(RowAppender):
     """Append-only writer of certification rows (see :class:`~.tsv.RowAppender`: each row flushed and
     fsynced as it is written; an existing file appended to after its header is checked)."""

@@ -43,6 +43,7 @@ from .multiscale import (
     MultiScaleCertificate,
     cascade_decision,
     cascade_prediction,
+    check_off_class,
     check_prediction_p0,
     empirical_cascade_prediction,
     empirical_fires,
@@ -229,6 +230,12 @@ class Engine:
         draws cannot change its answer (same (1 − α) guarantee, union bound over checkpoints). Draws
         ``0 .. n_k`` are the same noise as a fixed run's, so an image that runs to the budget sees exactly
         the fixed run's samples.
+    :param off_class: cascade: how a passed level bounds the other classes (``"goodman"`` or
+        ``"complement"``, :data:`~.multiscale.OFF_CLASS_METHODS`)
+
+    ``recorder`` (``None``, or an object with ``add(indices, sigma, phase, start, num, counts)``, e.g.
+    :class:`~.records.CountRecorder`) is handed every host count array the decisions are made from, so a
+    run can be re-decided later without a forward (:mod:`.records`).
     """
 
     ABSTAIN = ABSTAIN
@@ -247,9 +254,12 @@ class Engine:
         compile: bool | str = False,
         autocast: str | None = None,
         sampling: AdaptiveSampling | None = None,
+        off_class: str = "goodman",
     ):
         self.base_classifier = base_classifier
         self.sampling = sampling
+        self.off_class = check_off_class(off_class)
+        self.recorder = None
         self.num_classes = check_num_classes(num_classes)
         self.sigmas = check_sigmas(sigmas)
         self.cascade = len(self.sigmas) > 1 if cascade is None else bool(cascade)
@@ -336,8 +346,9 @@ class Engine:
         """One image at one level and checkpoint: ``(Outcome, certificate or None, LevelRecord or None)``."""
         if self.cascade:
             return cascade_decision(
-                stage, sigma, selection, counts, alpha, self.p0, passed, plan=plan, checkpoint=checkpoint
-            )
+                stage, sigma, selection, counts, alpha, self.p0, passed, plan=plan, checkpoint=checkpoint,
+                off_class=self.off_class,
+            )  # fmt: skip
         c = int(np.argmax(selection))  # first maximum: ties go to the lowest class
         cert = decide(c, int(counts[c]), int(np.sum(counts)), alpha, sigma, plan, checkpoint)
         if cert is None:
@@ -420,8 +431,10 @@ class Engine:
 
     def _counts(self, images, indices, rows, num, sigma, phase, start: int = 0) -> np.ndarray:
         """Host counts [len(rows), num_classes] of the images at positions ``rows`` in one phase."""
-        counts = self.counts(images[rows], [indices[k] for k in rows], num, (phase,), start, sigma)
-        return counts.cpu().numpy()
+        counts = self.counts(images[rows], [indices[k] for k in rows], num, (phase,), start, sigma).cpu().numpy()
+        if self.recorder is not None:
+            self.recorder.add([indices[k] for k in rows], sigma, phase, start, num, counts)
+        return counts
 
     @staticmethod
     def _check(images: torch.Tensor, indices: Sequence[int]) -> list[int]:

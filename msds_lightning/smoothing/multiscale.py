@@ -80,14 +80,28 @@ def pooled_categories(counts: np.ndarray, c: int, min_count: int = MIN_CATEGORY)
     return categories
 
 
-def off_class_upper_bound(counts: np.ndarray, c: int, alpha: float) -> float:
+OFF_CLASS_METHODS = ("goodman", "complement")
+"""How a passed level bounds the classes other than the answer (both hold with probability >= 1 − α):
+``goodman`` — simultaneous Goodman intervals on the pooled categories (the official code's choice, tighter
+when the other classes spread over several categories); ``complement`` — 1 − the Clopper–Pearson lower
+bound of the answer's own probability (one binomial bound; tighter when one other class dominates)."""
+
+
+def check_off_class(method: str) -> str:
+    if method not in OFF_CLASS_METHODS:
+        raise ValueError(f"off_class must be one of {OFF_CLASS_METHODS}, got {method!r}")
+    return method
+
+
+def off_class_upper_bound(counts: np.ndarray, c: int, alpha: float, method: str = "goodman") -> float:
     """Upper bound, holding with probability >= 1 − α, on the largest probability of any class != c.
 
-    Goodman simultaneous intervals (statsmodels, at ``2α`` as the official code) on the pooled
-    categories when there are three or more; otherwise 1 − (Clopper–Pearson lower bound of c at α).
+    ``method="goodman"`` (the default): Goodman simultaneous intervals (statsmodels, at ``2α`` as the
+    official code) on the pooled categories when there are three or more; otherwise, and always with
+    ``method="complement"``, 1 − (Clopper–Pearson lower bound of c at α).
     """
     categories = pooled_categories(counts, c)
-    if len(categories) <= 2:
+    if check_off_class(method) == "complement" or len(categories) <= 2:
         return 1.0 - clopper_pearson_lower(int(np.asarray(counts)[c]), int(np.sum(counts)), alpha)
     intervals = multinomial_proportions_confint(categories, alpha=2 * alpha, method="goodman")
     return float(np.max(intervals[1:, 1]))
@@ -156,6 +170,7 @@ def cascade_decision(
     *,
     plan: SequentialPlan | None = None,
     checkpoint: int = -1,
+    off_class: str = "goodman",
 ) -> tuple[Outcome, MultiScaleCertificate | None, LevelRecord]:
     """Decide one level from its counts: ``(Outcome.CERTIFY, certificate, record)``, ``(Outcome.ABSTAIN,
     certificate, record)``, ``(Outcome.LOWER, None, record)`` or, with adaptive sampling,
@@ -165,6 +180,7 @@ def cascade_decision(
     ``checkpoint`` the index of the checkpoint ``counts`` were taken at: every bound of the stage is then
     taken at α_s·(share of that checkpoint), so each one holds at whatever checkpoint sampling stopped
     (union bound over checkpoints, :mod:`.adaptive`). Without a plan: one checkpoint with all of α_s.
+    ``off_class`` is the bound on the passed levels' other classes (:data:`OFF_CLASS_METHODS`).
     """  # fmt: skip
     alpha_s = alpha / (stage + 1)
     n = int(np.sum(counts))
@@ -178,21 +194,21 @@ def cascade_decision(
     record = LevelRecord(sigma, selected, n_a, p_lower, p_upper, tuple(int(v) for v in counts), share)
     history = (*passed, record)
     if p_lower >= p0:
-        off_class = min(
-            (higher.sigma * (norm.ppf(p0) - norm.ppf(off_class_upper_bound(np.asarray(higher.counts), selected, alpha_s * higher.share)))
+        cap = min(
+            (higher.sigma * (norm.ppf(p0) - norm.ppf(off_class_upper_bound(np.asarray(higher.counts), selected, alpha_s * higher.share, off_class)))
              for higher in passed), default=math.inf,
         )  # fmt: skip
-        radius = min(sigma * (norm.ppf(p_lower) - norm.ppf(p0)), off_class)
+        radius = min(sigma * (norm.ppf(p_lower) - norm.ppf(p0)), cap)
         if radius < 0:  # a higher level may switch to another class: more samples here cannot help
-            cert = MultiScaleCertificate(ABSTAIN, 0.0, -1, stage, sigma, history, float(off_class))
+            cert = MultiScaleCertificate(ABSTAIN, 0.0, -1, stage, sigma, history, float(cap))
             return Outcome.ABSTAIN, cert, record
         if not last:
-            best = min(sigma * (norm.ppf(plan.best_lower(p_upper)) - norm.ppf(p0)), off_class)
+            best = min(sigma * (norm.ppf(plan.best_lower(p_upper)) - norm.ppf(p0)), cap)
             if not plan.settled(radius, best):
                 return Outcome.CONTINUE, None, record
         return (
             Outcome.CERTIFY,
-            MultiScaleCertificate(selected, float(radius), stage, stage, sigma, history, float(off_class)),
+            MultiScaleCertificate(selected, float(radius), stage, stage, sigma, history, float(cap)),
             record,
         )
     if p_upper >= p0:
