@@ -35,7 +35,14 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from ..results import ResultWriter, merge_result_files, read_results, scan_result_files
 from ..results.analysis import CIFAR10_RADII, format_markdown, summarize
-from ..results.counts import COUNTS_KEY, CountsWriter, counts_path, keep_rows, merge_counts_files, scan_counts_files
+from ..results.counts import (
+    COUNTS_KEY,
+    CountsWriter,
+    counts_path,
+    keep_rows,
+    merge_counts_files,
+    scan_counts_files,
+)
 from ..results.prediction import PredictionWriter as PredictionRowWriter
 from ..results.prediction import merge_prediction_files, prediction_summary, scan_prediction_files
 from ..runs import OutputLock, check_fingerprint, check_output_path, fingerprint_path, write_fingerprint
