@@ -225,6 +225,8 @@ def convert_openai_checkpoint(
 
     if (kind is None) == (model_flags is None):
         raise ValueError("give either kind (a released network) or model_flags (the training script's flags)")
+    if library is not None and model_flags is None:
+        raise ValueError("library goes with model_flags; a kind knows its library")
     if model_flags is not None and openai_config is not None:
         raise ValueError(
             "openai_config goes with kind; with model_flags the config is read off the checkpoint"

@@ -20,7 +20,6 @@ from typing import Any
 from .flags import (
     GUIDED,
     IMPROVED,
-    LIBRARIES,
     ModelFlags,
     attention_factors,
     channel_mult_of,
@@ -297,6 +296,3 @@ def resolve_setup(flags: ModelFlags, layout: Layout, source: str = "the checkpoi
         flags=flags,
         layout=layout,
     )
-
-
-__all__ = ["LIBRARIES", "Layout", "OpenAISetup", "infer_layout", "resolve_setup"]
