@@ -17,7 +17,12 @@ import pytest
 import torch
 
 from msds_lightning.cli import main as msds
-from msds_lightning.convert import KINDS, convert_openai_checkpoint, diffusers_config_from_openai
+from msds_lightning.convert import (
+    KINDS,
+    CheckpointMismatchError,
+    convert_openai_checkpoint,
+    diffusers_config_from_openai,
+)
 from msds_lightning.convert.checkpoint import CONVERSION_RECORD, _openai_shapes, openai_setup_from_flags
 from msds_lightning.convert.flags import parse_model_flags, scheduler_config
 from msds_lightning.convert.infer import Layout, infer_layout, resolve_setup
@@ -398,6 +403,22 @@ def test_library_is_asked_for_only_when_it_matters():
     # ResBlock resampling is guided-diffusion's: improved-diffusion cannot have made it
     with pytest.raises(ValueError, match="resamples with ResBlocks .* the flags say improved-diffusion"):
         openai_setup_from_flags(_fixture("guided_new_order")["state_dict"], "", library="improved-diffusion")
+
+
+def test_not_a_unet_or_an_incomplete_one(tmp_path):
+    with pytest.raises(CheckpointMismatchError, match="CKPT is not an OpenAI improved-/guided-diffusion UNet state "
+                       "dict: time_embed.0.weight is missing"):  # fmt: skip
+        openai_setup_from_flags(
+            {"fc.weight": torch.zeros(10, 512)}, "", library="guided-diffusion", source="CKPT"
+        )
+    fixture = _fixture("guided_head_channels")
+    src = tmp_path / "broken.pt"
+    torch.save({k: v for k, v in fixture["state_dict"].items() if k != "output_blocks.1.1.qkv.bias"}, src)
+    with pytest.raises(CheckpointMismatchError) as info:
+        convert_openai_checkpoint(src, tmp_path / "out", model_flags=fixture["model_flags"])
+    assert str(info.value).startswith(f"{src} does not fit the UNet read off its tensors and model flags")
+    assert "missing OpenAI keys (1): output_blocks.1.1.qkv.bias" in str(info.value)
+    assert not (tmp_path / "out").exists()
 
 
 def test_cli_takes_kind_or_model_flags(tmp_path, capsys):

@@ -165,8 +165,7 @@ def openai_setup_from_flags(
     flags = (
         parse_model_flags(model_flags, library) if not isinstance(model_flags, ModelFlags) else model_flags
     )
-    shapes = {key: tuple(value.shape) for key, value in state_dict.items()}
-    setup = resolve_setup(flags, infer_layout(shapes, source), source)
+    setup = resolve_setup(flags, infer_layout(_shapes(state_dict), source), source)
     diffusers_config_from_openai(
         setup.openai_config
     )  # refuse what UNet2DModel cannot express, in one sentence
@@ -276,8 +275,9 @@ def convert_openai_checkpoint(
         try:
             converted = openai_to_diffusers(state_dict, unet_config, new_attention_order=new_order)
         except CheckpointMismatchError as err:
+            described = _describe(_shapes(state_dict))
             raise CheckpointMismatchError(
-                f"{src} does not fit the UNet read off its tensors and --model-flags ({_describe(state_dict_shapes(state_dict))}): {err}"
+                f"{src} does not fit the UNet read off its tensors and model flags ({described}): {err}"
             ) from None
         scheduler_config, rescale_timesteps = setup.scheduler, setup.rescale_timesteps
         record = {"library": setup.library, "model_flags": flags.text, "openai_config": setup.openai_config}
@@ -302,7 +302,7 @@ def convert_openai_checkpoint(
     return dst
 
 
-def state_dict_shapes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+def _shapes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
     return {key: tuple(value.shape) for key, value in state_dict.items()}
 
 
