@@ -197,6 +197,7 @@ def test_readme_flags_of_the_released_networks_give_their_kind(shared_fixtures, 
     }
 
 
+@pytest.mark.slow  # 52M parameters written and read back; test_readme_flags_... checks the same configs
 def test_released_layout_via_model_flags_cli(shared_fixtures, tmp_path):
     """The CIFAR-10 layout through --model-flags: same folder settings as --kind improved-cifar10."""
     src = tmp_path / "cifar10_uncond_50M_500K.pt"
