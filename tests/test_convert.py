@@ -160,6 +160,9 @@ def test_improved_cifar10_end_to_end_via_cli(shared_fixtures, tmp_path, capsys):
         "rescale_timesteps": True,
         "pad_to": None,
     }
+    record = json.loads((dst / "convert_openai.json").read_text())  # provenance, not read when loading
+    assert record["kind"] == "improved-cifar10" and record["source"] == src.name
+    assert record["scheduler"] == dict(KINDS["improved-cifar10"].scheduler)
 
     denoiser = DiffusionDenoiser.from_pretrained(dst)
     assert denoiser.rescale_timesteps is True and denoiser.pad_to is None

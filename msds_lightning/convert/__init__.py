@@ -1,5 +1,10 @@
 """Convert OpenAI improved-diffusion / guided-diffusion UNet checkpoints into diffusers denoiser folders.
 
+Any UNet of the two libraries converts: :func:`convert_openai_checkpoint` with ``kind`` takes one of the two
+released networks as they are, with ``model_flags`` it reads the architecture off the state dict
+(:func:`infer_layout`) and takes the attention heads and the diffusion from the training script's flags
+(:func:`parse_model_flags`); layouts diffusers' ``UNet2DModel`` cannot express are refused up front.
+
 The two diffusion models of the papers are published as raw PyTorch state dicts of OpenAI's own
 ``UNetModel``: improved-diffusion's CIFAR-10 ``cifar10_uncond_50M_500K.pt`` (Carlini et al. 2023, MSDS) and
 guided-diffusion's ``256x256_diffusion_uncond.pt`` (ImageNet). :func:`convert_openai_checkpoint` turns one
@@ -27,7 +32,10 @@ from msds_lightning.convert.checkpoint import (
     convert_openai_checkpoint,
     convert_openai_state_dict,
     load_openai_state_dict,
+    openai_setup_from_flags,
 )
+from msds_lightning.convert.flags import LIBRARIES, ModelFlags, parse_model_flags
+from msds_lightning.convert.infer import Layout, OpenAISetup, infer_layout, resolve_setup
 from msds_lightning.convert.keymap import openai_to_diffusers
 from msds_lightning.convert.kinds import (
     KINDS,
@@ -38,11 +46,19 @@ from msds_lightning.convert.kinds import (
 
 __all__ = [
     "KINDS",
+    "LIBRARIES",
     "CheckpointMismatchError",
+    "Layout",
+    "ModelFlags",
     "OpenAIKind",
+    "OpenAISetup",
     "convert_openai_checkpoint",
     "convert_openai_state_dict",
     "diffusers_config_from_openai",
+    "infer_layout",
     "load_openai_state_dict",
+    "openai_setup_from_flags",
     "openai_to_diffusers",
+    "parse_model_flags",
+    "resolve_setup",
 ]

@@ -3,6 +3,7 @@ diffusers denoiser folder (``unet/``, ``scheduler/``, ``denoiser_config.json``).
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import zipfile
@@ -12,6 +13,8 @@ from typing import Any
 
 import torch
 
+from .flags import ModelFlags, parse_model_flags
+from .infer import OpenAISetup, infer_layout, resolve_setup
 from .keymap import diffusers_shapes, key_plan, listing, mismatches, openai_shape, openai_to_diffusers
 from .kinds import (
     KIND_DEFAULT,
@@ -26,6 +29,7 @@ from .kinds import (
 # ------------------------------------------------------------------------------------------------------
 
 _NESTED_KEYS = ("state_dict", "model", "ema")
+CONVERSION_RECORD = "convert_openai.json"  # written beside the denoiser: source, kind or flags, configs
 
 
 def _is_tensor_dict(obj: Any) -> bool:
@@ -148,29 +152,60 @@ def _openai_shapes(unet_config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]
     return {o: openai_shape(rule, expected[ds[0]]) for o, ds, rule in key_plan(unet_config, expected)}
 
 
+def openai_setup_from_flags(
+    state_dict: Mapping[str, torch.Tensor],
+    model_flags: str | Sequence[str],
+    library: str | None = None,
+    source: str = "the checkpoint",
+) -> OpenAISetup:
+    """The ``UNetModel`` config and diffusion settings of an OpenAI checkpoint, read off its tensors
+    (:func:`~.infer.infer_layout`) and completed by its training script's flags (:func:`~.flags.parse_model_flags`,
+    :func:`~.infer.resolve_setup`). Raises ``ValueError`` for bad flags, for flags that contradict the tensors
+    (naming both values), and for a layout ``UNet2DModel`` cannot express."""
+    flags = (
+        parse_model_flags(model_flags, library) if not isinstance(model_flags, ModelFlags) else model_flags
+    )
+    setup = resolve_setup(flags, infer_layout(_shapes(state_dict), source), source)
+    diffusers_config_from_openai(
+        setup.openai_config
+    )  # refuse what UNet2DModel cannot express, in one sentence
+    return setup
+
+
 def convert_openai_checkpoint(
     src: str | Path,
     dst: str | Path,
-    kind: str,
+    kind: str | None = None,
     pad_to: int | None = KIND_DEFAULT,
     *,
+    model_flags: str | Sequence[str] | None = None,
+    library: str | None = None,
     openai_config: Mapping[str, Any] | None = None,
     overwrite: bool = False,
     verbose: bool = False,
 ) -> Path:
     """Convert an OpenAI improved/guided-diffusion checkpoint into a :class:`DiffusionDenoiser` folder.
 
+    Give either ``kind`` (one of the two released networks) or ``model_flags`` (any other UNet of the two
+    libraries: the architecture is read off the tensors, the rest taken from the flags).
+
     Args:
         src: the ``.pt`` file (e.g. ``cifar10_uncond_50M_500K.pt`` or ``256x256_diffusion_uncond.pt``).
-        dst: output folder; ``DiffusionDenoiser.from_pretrained(dst)`` then loads the converted model with the
-            kind's noise schedule, ``rescale_timesteps`` and ``pad_to``.
+        dst: output folder; ``DiffusionDenoiser.from_pretrained(dst)`` then loads the converted model with its
+            noise schedule, ``rescale_timesteps`` and ``pad_to``.
         kind: a key of :data:`KINDS`: ``"improved-cifar10"`` or ``"guided-256"``.
         pad_to: ``pad_to`` to record in the folder; default: the kind's (``None`` for CIFAR-10, 256 for
-            guided-256, so 224 px inputs are reflection-padded to 256 and cropped back). ``None`` records no
-            padding.
-        openai_config: the OpenAI ``UNetModel`` keyword arguments of the checkpoint, if it is not the kind's
-            released network (a retrained or smaller model of the same family); the kind then only supplies
-            the noise schedule, ``rescale_timesteps`` and the default ``pad_to``.
+            guided-256, so 224 px inputs are reflection-padded to 256 and cropped back), ``None`` with
+            ``model_flags``. ``None`` records no padding.
+        model_flags: the training script's model and diffusion flags, e.g. ``"--image_size 64 --num_channels
+            128 --num_res_blocks 3 --learn_sigma True --diffusion_steps 4000 --noise_schedule cosine"``
+            (see :func:`~.flags.parse_model_flags`); they set the attention heads, the noise schedule,
+            ``predict_xstart`` and ``rescale_timesteps`` and must agree with the tensors where both say something.
+        library: ``"improved-diffusion"`` or ``"guided-diffusion"``, if the flags do not tell (needed only for
+            the default of ``rescale_timesteps``, which differs).
+        openai_config: with ``kind``: the OpenAI ``UNetModel`` keyword arguments of the checkpoint, if it is not
+            the kind's released network; the kind then only supplies the noise schedule, ``rescale_timesteps``
+            and the default ``pad_to``.
         overwrite: write into ``dst`` even if it is a non-empty folder.
         verbose: print progress to stderr.
 
@@ -179,26 +214,41 @@ def convert_openai_checkpoint(
 
     Raises:
         FileNotFoundError / OSError: ``src`` missing or unreadable, ``dst`` not writable or already used.
-        ValueError: unknown kind, invalid ``pad_to``, no state dict in ``src``, or keys/shapes that do not
-            fit (:class:`CheckpointMismatchError`, which says which kind the file looks like when it can tell).
+        ValueError: unknown kind, invalid ``pad_to`` or flags, no state dict in ``src``, a layout
+            ``UNet2DModel`` cannot express, or keys/shapes that do not fit (:class:`CheckpointMismatchError`,
+            which says which kind the file looks like when it can tell).
     """
     from diffusers import DDPMScheduler, UNet2DModel
 
     from msds_lightning.models.denoiser import DiffusionDenoiser
 
-    spec = kind_spec(kind)
-    src, dst = Path(src).expanduser(), Path(dst).expanduser()
-    if pad_to is KIND_DEFAULT:
-        pad_to = spec.pad_to
-    # Check the cheap things before reading a (possibly 2 GB) checkpoint.
-    unet_config = diffusers_config_from_openai(
-        spec.openai_config if openai_config is None else openai_config, kind
-    )
-    factor = 2 ** (len(unet_config["block_out_channels"]) - 1)
-    if pad_to is not None and (pad_to <= 0 or pad_to % factor):
+    if (kind is None) == (model_flags is None):
+        raise ValueError("give either kind (a released network) or model_flags (the training script's flags)")
+    if library is not None and model_flags is None:
+        raise ValueError("library goes with model_flags; a kind knows its library")
+    if model_flags is not None and openai_config is not None:
         raise ValueError(
-            f"pad_to must be a positive multiple of the UNet's downsampling factor {factor}, got {pad_to}"
+            "openai_config goes with kind; with model_flags the config is read off the checkpoint"
         )
+    src, dst = Path(src).expanduser(), Path(dst).expanduser()
+    flags = None
+    if kind is not None:
+        spec = kind_spec(kind)
+        if pad_to is KIND_DEFAULT:
+            pad_to = spec.pad_to
+        # Check the cheap things before reading a (possibly 2 GB) checkpoint.
+        unet_config = diffusers_config_from_openai(
+            spec.openai_config if openai_config is None else openai_config, kind
+        )
+        _check_pad_to(pad_to, unet_config)
+    else:
+        flags = parse_model_flags(model_flags, library)
+        if pad_to is KIND_DEFAULT:
+            pad_to = None
+        if pad_to is not None and pad_to <= 0:
+            raise ValueError(
+                f"pad_to must be a positive multiple of the UNet's downsampling factor, got {pad_to}"
+            )
     if dst.exists() and not dst.is_dir():
         raise FileExistsError(f"Output {dst} exists and is not a folder")
     if dst.is_dir() and any(dst.iterdir()) and not overwrite:
@@ -210,16 +260,55 @@ def convert_openai_checkpoint(
 
     log(f"reading {src}")
     state_dict = load_openai_state_dict(src)
-    log(f"converting {len(state_dict)} tensors ({kind})")
-    converted, unet_config = convert_openai_state_dict(state_dict, kind, openai_config, source=str(src))
+    if kind is not None:
+        log(f"converting {len(state_dict)} tensors ({kind})")
+        converted, unet_config = convert_openai_state_dict(state_dict, kind, openai_config, source=str(src))
+        scheduler_config, rescale_timesteps = dict(spec.scheduler), spec.rescale_timesteps
+        record: dict[str, Any] = {"kind": kind, "openai_config": dict(openai_config or spec.openai_config)}
+    else:
+        setup = openai_setup_from_flags(state_dict, flags, source=str(src))
+        log(f"converting {len(state_dict)} tensors ({setup.library}, model_channels "
+            f"{setup.layout.model_channels}, channel_mult {tuple(setup.layout.channel_mult)})")  # fmt: skip
+        unet_config = diffusers_config_from_openai(setup.openai_config)
+        _check_pad_to(pad_to, unet_config)
+        new_order = bool(setup.openai_config.get("use_new_attention_order", False))
+        try:
+            converted = openai_to_diffusers(state_dict, unet_config, new_attention_order=new_order)
+        except CheckpointMismatchError as err:
+            described = _describe(_shapes(state_dict))
+            raise CheckpointMismatchError(
+                f"{src} does not fit the UNet read off its tensors and model flags ({described}): {err}"
+            ) from None
+        scheduler_config, rescale_timesteps = setup.scheduler, setup.rescale_timesteps
+        record = {"library": setup.library, "model_flags": flags.text, "openai_config": setup.openai_config}
     with torch.device("meta"):
         unet = UNet2DModel(**unet_config)
     unet = unet.to_empty(device="cpu")
     unet.load_state_dict(converted, strict=True)
     del state_dict, converted
     unet.eval()
-    scheduler = DDPMScheduler(**spec.scheduler)
-    denoiser = DiffusionDenoiser(unet, scheduler, rescale_timesteps=spec.rescale_timesteps, pad_to=pad_to)
+    scheduler = DDPMScheduler(**scheduler_config)
+    denoiser = DiffusionDenoiser(unet, scheduler, rescale_timesteps=rescale_timesteps, pad_to=pad_to)
     log(f"writing {dst}")
     denoiser.save_pretrained(dst)
+    # Where the folder came from, for the record (DiffusionDenoiser does not read it).
+    record = {
+        "source": src.name,
+        **record,
+        "scheduler": scheduler_config,
+        "rescale_timesteps": rescale_timesteps,
+    }
+    (dst / CONVERSION_RECORD).write_text(json.dumps(record, indent=2) + "\n")
     return dst
+
+
+def _shapes(state_dict: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    return {key: tuple(value.shape) for key, value in state_dict.items()}
+
+
+def _check_pad_to(pad_to: int | None, unet_config: Mapping[str, Any]) -> None:
+    factor = 2 ** (len(unet_config["block_out_channels"]) - 1)
+    if pad_to is not None and (pad_to <= 0 or pad_to % factor):
+        raise ValueError(
+            f"pad_to must be a positive multiple of the UNet's downsampling factor {factor}, got {pad_to}"
+        )

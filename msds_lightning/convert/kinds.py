@@ -199,7 +199,8 @@ def diffusers_config_from_openai(
 
     Raises ``ValueError`` for what a ``UNet2DModel`` cannot express: class-conditional models, non-2D models,
     average-pool resampling (``conv_resample=False``), attention layers with different head widths
-    (diffusers has one ``attention_head_dim``), or ``channel_mult[0] != 1`` (guided-diffusion's 512 px
+    (diffusers has one ``attention_head_dim``: every attention layer must have heads of one width, or a single
+    head each), or ``channel_mult[0] != 1`` (guided-diffusion's 512 px
     ``(0.5, 1, 1, 2, 2, 4, 4)``: diffusers ties the first level's width to the timestep embedding's).
     """
     config = dict(openai_config)
@@ -248,26 +249,63 @@ def diffusers_config_from_openai(
         num_heads_upsample = num_heads
     head_channels = int(config.get("num_head_channels", -1))
 
-    def head_dim(channels: int, heads: int, where: str) -> int:
-        width = head_channels if head_channels != -1 else channels // max(heads, 1)
-        if width <= 0 or channels % width:
+    def heads_of(channels: int, heads: int, where: str) -> int:
+        """The layer's head count, as the OpenAI AttentionBlock computes it."""
+        if head_channels != -1:
+            if head_channels <= 0 or channels % head_channels:
+                raise ValueError(
+                    f"OpenAI UNet config: {where} attention has {channels} channels, not divisible into heads of "
+                    f"num_head_channels={head_channels}"
+                )
+            return channels // head_channels
+        if heads <= 0 or channels % heads:
             raise ValueError(
-                f"OpenAI UNet config: {where} attention has {channels} channels, not divisible into heads of "
-                f"{width} (num_heads={heads}, num_head_channels={head_channels})"
+                f"OpenAI UNet config: {where} attention has {channels} channels, not divisible into "
+                f"{heads} heads"
             )
-        return width
+        return heads
 
-    widths = {
-        f"level {level} ({direction})": head_dim(block_out_channels[level], heads, f"level {level}")
-        for level in range(len(channel_mult))
-        if attention[level]
-        for direction, heads in (("down", num_heads), ("up", num_heads_upsample))
-    }
-    widths["middle block"] = head_dim(block_out_channels[-1], num_heads, "middle block")
-    if len(set(widths.values())) > 1:
+    # Every attention layer: (where, channels, heads). The middle block always has one, with num_heads.
+    layers = []
+    for level in range(len(channel_mult)):
+        if attention[level]:
+            channels = block_out_channels[level]
+            down = heads_of(channels, num_heads, f"level {level}")
+            up = heads_of(channels, num_heads_upsample, f"level {level} (up path)")
+            if down == up:
+                layers.append((f"level {level}", channels, down))
+            else:
+                layers += [(f"level {level} (down)", channels, down), (f"level {level} (up)", channels, up)]
+    layers.append(
+        (
+            "the middle block",
+            block_out_channels[-1],
+            heads_of(block_out_channels[-1], num_heads, "middle block"),
+        )
+    )
+    # diffusers builds every attention layer with heads = channels // attention_head_dim, or with one head of
+    # the layer's width when attention_head_dim is None: one head width everywhere, or one head everywhere.
+    widths = {channels // heads for _, channels, heads in layers}
+    if len(widths) == 1:
+        attention_head_dim = widths.pop()
+    elif all(heads == 1 for _, _, heads in layers):
+        attention_head_dim = None
+    else:
+        by_width: dict[int, list[str]] = {}
+        for where, channels, heads in layers:
+            by_width.setdefault(channels // heads, []).append(
+                f"{where} ({channels} channels / {heads} heads)"
+            )
+        described = "; ".join(f"{width} wide at {' and '.join(places)}" for width, places in by_width.items())
+        hint = (
+            f" (num_heads_upsample {num_heads_upsample} differs from num_heads {num_heads})"
+            if head_channels == -1 and num_heads_upsample != num_heads
+            else ""
+        )
         raise ValueError(
-            f"OpenAI UNet config: attention head widths differ between layers ({widths}); diffusers' "
-            f"UNet2DModel has a single attention_head_dim"
+            f"OpenAI UNet config: UNet2DModel cannot express this UNet, because its attention heads differ in "
+            f"width between layers{hint}: {described}; diffusers' UNet2DModel has a single attention_head_dim "
+            f"(one head width for every attention layer, or one head per layer)."
         )
 
     if sample_size is None:
@@ -293,7 +331,7 @@ def diffusers_config_from_openai(
         "up_block_types": ["AttnUpBlock2D" if a else plain_up for a in reversed(attention)],
         "downsample_type": resample,
         "upsample_type": resample,
-        "attention_head_dim": next(iter(widths.values())),
+        "attention_head_dim": attention_head_dim,
         "dropout": float(config.get("dropout", 0.0)),
     }
 
