@@ -17,7 +17,7 @@ fast). :func:`run_command` is the dispatcher (``msds demo`` calls it too): bad i
 ``msds demo [--stages ...|--all] [--quick]``
 ``msds attack (--model-name NAME --checkpoint FILE | --idc DIR) ... --output FILE.tsv``
 ``msds generate --denoiser DIR --num-per-class N --num-classes K --output FILE.npz``
-``msds convert-openai SRC.pt DST_DIR --kind {improved-cifar10,guided-256}``
+``msds convert-openai SRC.pt DST_DIR (--kind {improved-cifar10,guided-256} | --model-flags "FLAGS" [--library L])``
 """
 
 from __future__ import annotations
