@@ -21,19 +21,19 @@ SIGMAS = "[0.25, 0.5, 1.0]"
 
 @pytest.fixture(scope="module")
 def runs(tiny_assets, tmp_path_factory):
-    """A cascade run over three σ and the three single-σ runs, all with seed 0, n0 = 16, n = 200."""
+    """A cascade run over three σ and the three single-σ runs, all with seed 0, n0 = 16, n = 100."""
     folder = tmp_path_factory.mktemp("recertify")
     made = {"cascade": folder / "cascade.tsv"}
     assert (
         main(
-            ["certify", *overrides(tiny_assets, made["cascade"], f"--model.sigma={SIGMAS}", "--model.n=200")]
+            ["certify", *overrides(tiny_assets, made["cascade"], f"--model.sigma={SIGMAS}", "--model.n=100")]
         )
         == 0
     )
     for sigma in (0.25, 0.5, 1.0):
         made[sigma] = folder / f"dds_{sigma}.tsv"
         assert (
-            main(["certify", *overrides(tiny_assets, made[sigma], f"--model.sigma={sigma}", "--model.n=200")])
+            main(["certify", *overrides(tiny_assets, made[sigma], f"--model.sigma={sigma}", "--model.n=100")])
             == 0
         )
     return made
@@ -46,7 +46,7 @@ def test_every_run_writes_a_counts_row_per_image(runs):
         for record in records.values():  # n0 selection and n estimation draws at each visited level
             for sigma in record.sigmas():
                 assert record.counts(sigma, SELECTION, 0, 16).sum() == 16
-                assert record.counts(sigma, ESTIMATION, 0, 200).sum() == 200
+                assert record.counts(sigma, ESTIMATION, 0, 100).sum() == 100
 
 
 def test_round_trip_with_the_run_own_settings_is_byte_exact(runs, tmp_path, capsys):
@@ -64,7 +64,7 @@ def test_single_sigma_runs_hold_exactly_the_counts_the_cascade_draws(runs):
     for idx, record in cascade.items():
         for sigma in record.sigmas():
             single = read_count_records(counts_path(runs[sigma]), 10)[idx]
-            for phase, num in ((SELECTION, 16), (ESTIMATION, 200)):
+            for phase, num in ((SELECTION, 16), (ESTIMATION, 100)):
                 assert np.array_equal(
                     record.counts(sigma, phase, 0, num), single.counts(sigma, phase, 0, num)
                 )
@@ -87,7 +87,7 @@ def test_another_alpha_equals_a_real_run_at_that_alpha(runs, tiny_assets, tmp_pa
         main(
             [
                 "certify",
-                *overrides(tiny_assets, real, "--model.sigma=0.5", "--model.n=200", "--model.alpha=0.05"),
+                *overrides(tiny_assets, real, "--model.sigma=0.5", "--model.n=100", "--model.alpha=0.05"),
             ]
         )
         == 0
