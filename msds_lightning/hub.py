@@ -80,7 +80,9 @@ def resolve_folder(
     local = Path(text).expanduser()
     if local.exists():
         if revision is not None:
-            raise ValueError(f"{what}: revision={revision!r} is for Hub repo ids, but {text!r} is a local path")
+            raise ValueError(
+                f"{what}: revision={revision!r} is for Hub repo ids, but {text!r} is a local path"
+            )
         return Resolved(local)
     if not is_repo_id(text):
         raise FileNotFoundError(
@@ -139,7 +141,9 @@ def denoiser_card(
     metadata = ModelCardData(
         library_name="diffusers",
         tags=["msds-lightning", "denoised-smoothing", "randomized-smoothing", "certified-robustness"],
-        base_model=base_model if isinstance(base_model, str) and is_repo_id(base_model.split("@")[0]) else None,
+        base_model=base_model
+        if isinstance(base_model, str) and is_repo_id(base_model.split("@")[0])
+        else None,
     )
     schedule = scheduler_config.get("beta_schedule", "custom")
     lines = [

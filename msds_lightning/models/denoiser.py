@@ -555,7 +555,10 @@ def _fetch_unet_weights(resolved: Any, unet_subdir: Path) -> Path:
     prefix = "" if unet_subdir == Path(".") else f"{unet_subdir.as_posix()}/"
     for name in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"):
         folder = resolve_folder(
-            resolved.repo_id, what="Denoiser folder", revision=resolved.revision, allow_patterns=[prefix + name]
+            resolved.repo_id,
+            what="Denoiser folder",
+            revision=resolved.revision,
+            allow_patterns=[prefix + name],
         ).folder
         if (folder / prefix / name).is_file():
             return folder / unet_subdir
