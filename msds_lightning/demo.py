@@ -90,12 +90,8 @@ QUICK = {  # a reduced demo: the same code path with few steps and images (tests
     "generate": ["--num-per-class", "20", "--steps", "3"],
     "adversarial": ["--trainer.max_epochs=2", "--trainer.limit_train_batches=2", "--model.attack_steps=2"],
     "attack": ["--max", "24", "--pgd-steps", "3"],
-    "idc": [
-        "--trainer.max_epochs=1",
-        "--trainer.limit_train_batches=2",
-        "--trainer.limit_val_batches=1",
-        "--trainer.check_val_every_n_epoch=1",
-    ],
+    "idc": ["--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1",
+            "--trainer.check_val_every_n_epoch=1"],
     "idc_attack": ["--max", "24", "--pgd-steps", "2", "--eot-steps", "2", "--eot-samples", "2"],
 }
 QUICK["diffsmooth"] = QUICK["certify"]
@@ -301,11 +297,7 @@ def level_breakdown(results, sigmas: Sequence[float] = CASCADE, p0: float = 0.5)
 
 
 def _breakdown(results: dict) -> str:
-    cascades = [
-        (stem, r)
-        for stem, r in results.items()
-        if stem.startswith("msds_") and f"N@{CASCADE[-1]:g}" in r.columns
-    ]
+    cascades = [(stem, r) for stem, r in results.items() if stem.startswith("msds_") and f"N@{CASCADE[-1]:g}" in r.columns]
     if not cascades:
         return ""
     lines = []
@@ -418,11 +410,7 @@ def run_demo(
             if any(m in todo for m in models):
                 for old in (OUT / "certify").glob(f"{stem}.*"):
                     old.unlink()
-        if (
-            "report" in todo
-            and "certify" not in todo
-            and not (OUT / "certify" / "msds_finetuned.tsv").exists()
-        ):
+        if "report" in todo and "certify" not in todo and not (OUT / "certify" / "msds_finetuned.tsv").exists():
             todo = _with_needs([*todo, "certify"], force)
         text = ""
         started = time.time()

@@ -87,9 +87,7 @@ class CertifiedAccuracyLogger(Callback):
 
         top = float(radius.max()) if radius.size else 0.0
         grid = np.arange(0.0, top + self.curve_step, self.curve_step)
-        data = [
-            [float(r), float(a), self.name] for r, a in zip(grid, certified_accuracy(radius, correct, grid))
-        ]
+        data = [[float(r), float(a), self.name] for r, a in zip(grid, certified_accuracy(radius, correct, grid))]
         table = wandb.Table(columns=["radius", "certified_accuracy", "run"], data=data)
         plot = wandb.plot.line(table, "radius", "certified_accuracy", stroke="run",
                                title=f"certified accuracy vs radius: {self.name}")  # fmt: skip

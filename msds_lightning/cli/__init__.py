@@ -29,52 +29,26 @@ from collections.abc import Sequence
 # name -> ("module:function" that runs it, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "analyze": ("analyze:main", "tabulate certified accuracy, ACR and abstention from result TSVs"),
-    "compare": (
-        "compare:main",
-        "paired comparison A - B over the same images: exact McNemar per radius, bootstrap ACR",
-    ),  # fmt: skip
-    "certify": (
-        "certify:main",
-        "certify a data set with a (denoised-)smoothed classifier (LightningCLI config)",
-    ),
-    "plan": (
-        "plan:main",
-        "before certifying: the largest radius N can certify, measured samples/s, wall time",
-    ),
-    "predict": (
-        "certify:predict",
-        "PREDICT a data set: g(x) or abstain per image, one σ or the cascade (config)",
-    ),
+    "compare": ("compare:main", "paired comparison A - B over the same images: exact McNemar per radius, "
+                "bootstrap ACR"),  # fmt: skip
+    "certify": ("certify:main", "certify a data set with a (denoised-)smoothed classifier (LightningCLI config)"),
+    "plan": ("plan:main", "before certifying: the largest radius N can certify, measured samples/s, wall time"),
+    "predict": ("certify:predict", "PREDICT a data set: g(x) or abstain per image, one σ or the cascade (config)"),
     "finetune": ("train:finetune", "MSDS fine-tuning of a diffusion denoiser with the classifier frozen"),
-    "pretrain-denoiser": (
-        "train:pretrain_denoiser",
-        "DDPM pre-training of a diffusion denoiser (diffusers UNet2DModel)",
-    ),  # fmt: skip
-    "train-classifier": (
-        "train:train_classifier",
-        "train a timm classifier (optionally with Gaussian noise augmentation)",
-    ),  # fmt: skip
-    "adversarial-train": (
-        "train:adversarial_train",
-        "TRADES / PGD adversarial training on real and diffusion-generated data",
-    ),  # fmt: skip
-    "train-idc": (
-        "train:train_idc",
-        "train an image-to-image diffusion classifier (IDC: Brownian bridge to label images)",
-    ),  # fmt: skip
-    "generate": (
-        "generate:main",
-        "sample a class-conditional diffusion UNet (EDM Heun) into an .npz of generated training data",
-    ),  # fmt: skip
-    "attack": (
-        "attack:main",
-        "empirical robustness: clean, PGD-k, EOT-PGD and AutoAttack (torchattacks) accuracy",
-    ),
+    "pretrain-denoiser": ("train:pretrain_denoiser", "DDPM pre-training of a diffusion denoiser (diffusers "
+                          "UNet2DModel)"),  # fmt: skip
+    "train-classifier": ("train:train_classifier", "train a timm classifier (optionally with Gaussian noise "
+                         "augmentation)"),  # fmt: skip
+    "adversarial-train": ("train:adversarial_train", "TRADES / PGD adversarial training on real and "
+                          "diffusion-generated data"),  # fmt: skip
+    "train-idc": ("train:train_idc", "train an image-to-image diffusion classifier (IDC: Brownian bridge to "
+                  "label images)"),  # fmt: skip
+    "generate": ("generate:main", "sample a class-conditional diffusion UNet (EDM Heun) into an .npz of "
+                 "generated training data"),  # fmt: skip
+    "attack": ("attack:main", "empirical robustness: clean, PGD-k, EOT-PGD and AutoAttack (torchattacks) accuracy"),
     "demo": ("demo:main", "the embedded default: the MSDS story on scikit-learn digits in minutes on a CPU"),
-    "convert-openai": (
-        "convert:main",
-        "convert an OpenAI improved-/guided-diffusion UNet checkpoint to a diffusers denoiser folder",
-    ),  # fmt: skip
+    "convert-openai": ("convert:main", "convert an OpenAI improved-/guided-diffusion UNet checkpoint to a "
+                       "diffusers denoiser folder"),  # fmt: skip
 }
 
 
@@ -83,16 +57,8 @@ def _message(err: BaseException) -> str:
     ("Does not validate against any of the Union subtypes ... Errors: - <ours> - Expected a NoneType")."""
     text = str(err)
     if "Errors:" in text and "Union subtypes" in text:
-        bullets = [
-            line.strip()[2:]
-            for line in text.split("Errors:", 1)[1].splitlines()
-            if line.strip().startswith("- ")
-        ]
-        ours = [
-            b
-            for b in bullets
-            if not b.startswith(("Expected a ", "Not a valid subclass", "Problem with given class_path"))
-        ]
+        bullets = [line.strip()[2:] for line in text.split("Errors:", 1)[1].splitlines() if line.strip().startswith("- ")]
+        ours = [b for b in bullets if not b.startswith(("Expected a ", "Not a valid subclass", "Problem with given class_path"))]
         if ours:
             return ours[0]
     return text
@@ -111,9 +77,7 @@ def run_command(name: str, argv: Sequence[str]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="msds", description="Certified robustness with diffusion denoisers."
-    )
+    parser = argparse.ArgumentParser(prog="msds", description="Certified robustness with diffusion denoisers.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
         sub.add_parser(name, help=f"{help_text}; `msds {name} --help` for its options", add_help=False)

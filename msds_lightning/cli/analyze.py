@@ -33,9 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", metavar="NAME",
                    help="also print each file under a published result of that name, with the differences "
                    "(`--compare list` lists the registry: msds_lightning/results/published.yaml)")  # fmt: skip
-    p.add_argument(
-        "--resamples", type=int, default=10_000, help="bootstrap resamples for --ci (default: %(default)s)"
-    )
+    p.add_argument("--resamples", type=int, default=10_000, help="bootstrap resamples for --ci (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed for --ci (default: %(default)s)")
     return p
 
@@ -97,3 +95,5 @@ def main(argv: Sequence[str]) -> int:
         plot_certified_accuracy(results, args.plot)
         print(f"plot written to {args.plot}", file=sys.stderr)
     return 0
+
+

@@ -60,9 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = p.add_argument_group("classifier (msds_lightning.models.Classifier: [0,1] pixels -> logits)")
     add_classifier_arguments(c, "--model-name")
 
-    i = p.add_argument_group(
-        "or an image-to-image diffusion classifier (instead of --model-name/--checkpoint)"
-    )
+    i = p.add_argument_group("or an image-to-image diffusion classifier (instead of --model-name/--checkpoint)")
     i.add_argument("--idc", default=None, metavar="DIR",
                    help="IDC folder (IDCClassifier.save_pretrained; the export_dir of msds train-idc)")  # fmt: skip
     i.add_argument("--idc-output", choices=("logits", "scores"), default="logits",
@@ -136,15 +134,11 @@ def build_classifier(args: argparse.Namespace, num_classes: int) -> torch.nn.Mod
     if args.idc is not None:
         model = IDCClassifier.from_pretrained(args.idc, output=args.idc_output, eta=args.idc_eta).eval()
         if model.num_classes != num_classes:
-            raise ValueError(
-                f"{args.idc} has {model.num_classes} label images but {args.data} {num_classes} classes"
-            )
+            raise ValueError(f"{args.idc} has {model.num_classes} label images but {args.data} {num_classes} classes")
         return model
 
     kwargs = classifier_kwargs(args)
-    return Classifier(
-        args.model_name, **{**kwargs, "num_classes": kwargs.get("num_classes", num_classes)}
-    ).eval()
+    return Classifier(args.model_name, **{**kwargs, "num_classes": kwargs.get("num_classes", num_classes)}).eval()
 
 
 SETTINGS = ("model_name", "num_classes", "checkpoint", "mean", "std", "input_size", "interpolation",
@@ -180,15 +174,7 @@ def main(argv: Sequence[str]) -> int:
     )  # fmt: skip
 
     args = build_parser().parse_args(argv)
-    for flag in (
-        "batch_size",
-        "pgd_steps",
-        "pgd_restarts",
-        "skip",
-        "eot_steps",
-        "eot_samples",
-        "predict_samples",
-    ):
+    for flag in ("batch_size", "pgd_steps", "pgd_restarts", "skip", "eot_steps", "eot_samples", "predict_samples"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     if args.idc is None and (args.model_name is None or args.checkpoint is None):
@@ -235,8 +221,9 @@ def main(argv: Sequence[str]) -> int:
     nfe = getattr(model, "nfe", 1) * args.predict_samples
     model_text = f"IDC {args.idc} ({model.nfe} U-Net evaluations per pass, eta {model.eta})" if args.idc else (
         f"{args.model_name} ({args.checkpoint})")  # fmt: skip
-    table = f"{args.data} {args.split}, {model_text}; {len(rows)} images\n\n" + summary_table(
-        rows, prefixes, describe(settings)
+    table = (
+        f"{args.data} {args.split}, {model_text}; {len(rows)} images\n\n"
+        + summary_table(rows, prefixes, describe(settings))
     )
     cost_path = output.with_suffix(".cost.json")
     if timings:

@@ -56,12 +56,7 @@ def run(module_class, argv: Sequence[str], prog: str, add_arguments) -> int:
     if on_slurm:
         defaults["plugins"] = [SLURMEnvironment(auto_requeue=False)]
     cli = lightning_cli(
-        module_class,
-        argv,
-        prog,
-        add_arguments=add_arguments,
-        save_config_callback=None,
-        trainer_defaults=defaults,
+        module_class, argv, prog, add_arguments=add_arguments, save_config_callback=None, trainer_defaults=defaults
     )
     hpc = sorted(Path(cli.trainer.default_root_dir).glob("hpc_ckpt_*.ckpt"))
     if on_slurm and hpc:
@@ -83,9 +78,7 @@ def run(module_class, argv: Sequence[str], prog: str, add_arguments) -> int:
             writer.fingerprint = certify_fingerprint(config)
             writer.prepare()  # lock, then the fingerprint: refuses to mix rows of other settings
             # the resolved config beside the results: a run can be repeated exactly
-            cli.parser.save(
-                cli.config, output.with_suffix(".config.yaml"), overwrite=True, skip_validation=True
-            )
+            cli.parser.save(cli.config, output.with_suffix(".config.yaml"), overwrite=True, skip_validation=True)
         cli.trainer.predict(cli.model, datamodule=cli.datamodule, return_predictions=False)
     except CertificationStopped as stop:
         print(f"{prog}: {stop} after writing the finished rows to {writer.shard_dir}; rerun the same "
@@ -100,17 +93,8 @@ def run(module_class, argv: Sequence[str], prog: str, add_arguments) -> int:
 # are the same for any batch size, device count or data location) or are checked per row (skip/max).
 _UNFINGERPRINTED = {
     "model": {"batch_size"},
-    "data": {
-        "root",
-        "download",
-        "verify_checksums",
-        "batch_size",
-        "num_workers",
-        "pin_memory",
-        "skip",
-        "max",
-        "augment",
-    },  # fmt: skip
+    "data": {"root", "download", "verify_checksums", "batch_size", "num_workers", "pin_memory", "skip",
+             "max", "augment"},  # fmt: skip
 }
 
 

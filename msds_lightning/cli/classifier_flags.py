@@ -11,20 +11,11 @@ import json
 _FLAGS: dict[str, tuple[dict, str]] = {
     "num_classes": ({"type": int}, "number of logits (None: the number of classes of the data)"),
     "checkpoint": ({}, "local weight file (.safetensors, .pt, .pth; read without running code)"),
-    "mean": (
-        {"type": float, "nargs": "+"},
-        "per-channel mean of the [0, 1] pixels (None: timm's pretrained config)",
-    ),
+    "mean": ({"type": float, "nargs": "+"}, "per-channel mean of the [0, 1] pixels (None: timm's pretrained config)"),
     "std": ({"type": float, "nargs": "+"}, "per-channel std (None: timm's pretrained config)"),
     "input_size": ({"type": int}, "resize inputs to N x N before the model"),
-    "interpolation": (
-        {"choices": ("nearest", "bilinear", "bicubic", "area"), "default": "bicubic"},
-        "resize mode",
-    ),
-    "model_kwargs": (
-        {"metavar": "JSON", "default": {}},
-        "extra timm.create_model arguments, e.g. '{\"in_chans\": 1}'",
-    ),
+    "interpolation": ({"choices": ("nearest", "bilinear", "bicubic", "area"), "default": "bicubic"}, "resize mode"),
+    "model_kwargs": ({"metavar": "JSON", "default": {}}, "extra timm.create_model arguments, e.g. '{\"in_chans\": 1}'"),
 }
 
 
@@ -41,9 +32,7 @@ def json_object(text: str) -> dict:
 
 def add_classifier_arguments(group, name_flag: str, prefix: str = "", exclude: tuple[str, ...] = ()) -> None:
     """``name_flag`` (the timm model name) and ``--{prefix}{argument}`` for each Classifier argument above."""
-    group.add_argument(
-        name_flag, default=None, help="timm model name, e.g. msds_small_cnn or wide_resnet28_10"
-    )
+    group.add_argument(name_flag, default=None, help="timm model name, e.g. msds_small_cnn or wide_resnet28_10")
     for argument, (options, help_text) in _FLAGS.items():
         if argument not in exclude:
             kind = {"type": json_object} if argument == "model_kwargs" else {}

@@ -23,9 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES, help="bootstrap resamples for the ACR")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling")
     p.add_argument("--confidence", type=float, default=DEFAULT_CONFIDENCE, help="interval level")
-    p.add_argument(
-        "--names", nargs=2, metavar=("NAME_A", "NAME_B"), help="labels in the table (default: file names)"
-    )
+    p.add_argument("--names", nargs=2, metavar=("NAME_A", "NAME_B"), help="labels in the table (default: file names)")
     p.add_argument("--format", choices=sorted(FORMATTERS), default="markdown", help="table format")
     p.add_argument("--output", "-o", help="also write the table to this file")
     return p
@@ -35,12 +33,12 @@ def main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
     from ..results.compare import FORMATTERS, compare_files
 
-    comparison = compare_files(
-        args.a, args.b, args.radii, args.resamples, args.seed, args.confidence, args.names
-    )
+    comparison = compare_files(args.a, args.b, args.radii, args.resamples, args.seed, args.confidence, args.names)
     table = FORMATTERS[args.format](comparison)
     sys.stdout.write(table)
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(table)
     return 0
+
+

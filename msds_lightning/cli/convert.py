@@ -58,9 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str]) -> int:
     """``msds convert-openai SRC.pt DST_DIR --kind {improved-cifar10,guided-256} [--pad-to N|none]``."""
     args = build_parser().parse_args(argv)
-    dst = convert_openai_checkpoint(
-        args.src, args.dst, args.kind, args.pad_to, overwrite=args.overwrite, verbose=True
-    )
+    dst = convert_openai_checkpoint(args.src, args.dst, args.kind, args.pad_to, overwrite=args.overwrite, verbose=True)
     spec = KINDS[args.kind]
     saved = json.loads((dst / "denoiser_config.json").read_text())
     print(

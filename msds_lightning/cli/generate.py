@@ -53,9 +53,7 @@ def _build_filter(args: argparse.Namespace) -> nn.Module:
     if (args.filter_mean is None) != (args.filter_std is None):
         raise ValueError("--filter-mean and --filter-std must be given together")
     kwargs = classifier_kwargs(args, prefix="filter-")
-    return Classifier(
-        args.filter_classifier_name, **{**kwargs, "num_classes": kwargs.get("num_classes", args.num_classes)}
-    )
+    return Classifier(args.filter_classifier_name, **{**kwargs, "num_classes": kwargs.get("num_classes", args.num_classes)})
 
 
 def _run(args: argparse.Namespace) -> str:

@@ -177,9 +177,7 @@ class DigitsDataModule(ImageDataModule):
         ):
             raise ValueError(f"split_seed must be an integer in [0, 2**32), got {split_seed!r}")
         if isinstance(val_fraction, bool) or not isinstance(val_fraction, Real) or not 0 <= val_fraction < 1:
-            raise ValueError(
-                f"val_fraction must be in [0, 1) (share of the train split), got {val_fraction!r}"
-            )
+            raise ValueError(f"val_fraction must be in [0, 1) (share of the train split), got {val_fraction!r}")
         if predict_split == "val" and val_fraction == 0:
             raise ValueError("predict_split 'val' needs a validation split: set val_fraction > 0 (e.g. 0.2)")
         self.save_hyperparameters()

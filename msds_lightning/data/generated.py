@@ -295,9 +295,7 @@ class MixedDataModule(LightningDataModule):
         if not 0.0 <= generated_fraction <= 1.0:
             raise ValueError(f"generated_fraction must be in [0, 1], got {generated_fraction}")
         if not generated and generated_fraction > 0:
-            raise ValueError(
-                f"generated: give at least one .npz file (generated_fraction is {generated_fraction})"
-            )
+            raise ValueError(f"generated: give at least one .npz file (generated_fraction is {generated_fraction})")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if epoch_batches is not None and epoch_batches < 1:

@@ -177,7 +177,6 @@ def save_npz(path: str | Path, images: np.ndarray, labels: np.ndarray) -> Path:
     check_generated_arrays(images, labels, "save_npz")
     path = Path(path).expanduser()
     path.parent.mkdir(parents=True, exist_ok=True)
-
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a path
             np.savez(f, **{IMAGE_KEY: images, LABEL_KEY: labels})

@@ -66,9 +66,7 @@ class AdversarialTrainingModule(ClassifierModule):
         export_path: str | None = None,
         **removed,
     ):
-        super().__init__(
-            classifier, num_classes, 0.0, label_smoothing, optimizer, lr_scheduler, export_path, **removed
-        )
+        super().__init__(classifier, num_classes, 0.0, label_smoothing, optimizer, lr_scheduler, export_path, **removed)
         self.save_hyperparameters(ignore=["classifier", "optimizer", "lr_scheduler"])
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")

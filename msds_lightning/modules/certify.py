@@ -154,11 +154,7 @@ class CertifyModule(SmoothedClassifierModule):
             self.extra_columns = ("sigma", "n0", "n", "nA", "pA_lower", "samples")
         self.official_columns = bool(official_columns)
         if self.official_columns:
-            official = (
-                ("r_neg", "clean", "pred_uc", "corr_uc")
-                if self.engine.cascade
-                else ("clean", "pred_uc", "corr_uc")
-            )
+            official = ("r_neg", "clean", "pred_uc", "corr_uc") if self.engine.cascade else ("clean", "pred_uc", "corr_uc")
             self.extra_columns += official
 
     def predict_step(self, batch, batch_idx: int) -> list[dict]:
@@ -168,9 +164,7 @@ class CertifyModule(SmoothedClassifierModule):
         start = time.perf_counter()
         certificates = self.engine.certify(images, indices, self.n0, self.n, self.alpha)
         clean = self.clean_logits(images).argmax(1).tolist() if self.official_columns else None
-        seconds = (time.perf_counter() - start) / len(
-            indices
-        )  # images of a step share forwards: split evenly
+        seconds = (time.perf_counter() - start) / len(indices)  # images of a step share forwards: split evenly
         rows = []
         for i, y, c in zip(indices, labels, certificates):
             row = dict(
@@ -261,9 +255,7 @@ class PredictModule(SmoothedClassifierModule):
         if self.mode == "official_empirical":
             return self._empirical_rows(images, labels, indices, start)
         predictions = self.engine.predict_with_levels(images, indices, self.n, self.alpha, self.n0)
-        seconds = (time.perf_counter() - start) / len(
-            indices
-        )  # images of a step share forwards: split evenly
+        seconds = (time.perf_counter() - start) / len(indices)  # images of a step share forwards: split evenly
         rows = []
         for i, y, p in zip(indices, labels, predictions):
             top, second = sorted(p.counts, reverse=True)[:2]
@@ -278,9 +270,7 @@ class PredictModule(SmoothedClassifierModule):
         return rows
 
     def _empirical_rows(self, images, labels, indices, start) -> list[dict]:
-        predictions = self.engine.predict_empirical(
-            images, indices, self.n, self.clean_logits(images), self.unif_w
-        )
+        predictions = self.engine.predict_empirical(images, indices, self.n, self.clean_logits(images), self.unif_w)
         seconds = (time.perf_counter() - start) / len(indices)
         rows = []
         for i, y, p in zip(indices, labels, predictions):

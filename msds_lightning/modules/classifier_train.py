@@ -21,7 +21,6 @@ from .optim import TrainingModule, configure, spec
 OPTIMIZER = spec("torch.optim.SGD", lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True)
 LR_SCHEDULER = spec("msds_lightning.modules.optim.WarmupLR", warmup_steps=0, decay="cosine")
 
-
 class ClassifierModule(TrainingModule):
     """:param classifier: a :class:`Classifier` (timm model, [0,1] pixels in, logits out)
     :param num_classes: number of classes

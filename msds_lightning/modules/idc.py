@@ -33,7 +33,6 @@ OPTIMIZER = spec("torch.optim.Adam", lr=1e-4, betas=(0.9, 0.999), weight_decay=0
 LR_SCHEDULER = spec("torch.optim.lr_scheduler.ReduceLROnPlateau", mode="min", factor=0.5, patience=3000,
                     threshold=1e-4, threshold_mode="rel", cooldown=3000, min_lr=5e-7)  # fmt: skip
 
-
 class IDCModule(TrainingModule):
     """:param idc: the :class:`IDCClassifier` to train (``IDCClassifier.from_config`` for a fresh one)
     :param cls_weight: λ of the inter-class term (0.2)

@@ -74,9 +74,7 @@ def resolve(value, what: str = "optimizer"):
         return value
     if isinstance(value, str):
         new = _OLD_OPTIMIZERS.get(value, "<class>") if what == "optimizer" else "<class>"
-        raise ValueError(
-            f"model.{what}: {value} was replaced by model.{what}: {{class_path: {new}, init_args: {{...}}}}"
-        )
+        raise ValueError(f"model.{what}: {value} was replaced by model.{what}: {{class_path: {new}, init_args: {{...}}}}")
     if isinstance(value, (Namespace, dict)) and "class_path" in value:
         module_name, _, name = value["class_path"].rpartition(".")
         init_args = value.get("init_args") or {}
@@ -101,9 +99,7 @@ def trainable(params) -> list:
 def _run_trainer(what: str):
     trainer = _TRAINER.get()
     if trainer is None:
-        raise ValueError(
-            f"{what}: built outside a module's configure_optimizers, give the run length explicitly"
-        )
+        raise ValueError(f"{what}: built outside a module's configure_optimizers, give the run length explicitly")
     return trainer
 
 
@@ -114,9 +110,7 @@ class WarmupLR(torch.optim.lr_scheduler.LambdaLR):
 
     interval = "step"
 
-    def __init__(
-        self, optimizer, warmup_steps: int = 0, decay: str = "constant", total_steps: int | None = None
-    ):
+    def __init__(self, optimizer, warmup_steps: int = 0, decay: str = "constant", total_steps: int | None = None):
         if decay not in ("constant", "cosine"):
             raise ValueError(f"decay must be 'constant' or 'cosine', got {decay!r}")
         if warmup_steps < 0:
@@ -124,11 +118,7 @@ class WarmupLR(torch.optim.lr_scheduler.LambdaLR):
         self.warmup_steps, self.decay, self.total_steps = int(warmup_steps), decay, total_steps
         run_steps = None
         if decay == "cosine":
-            run_steps = (
-                total_steps
-                if total_steps is not None
-                else _run_trainer("WarmupLR").estimated_stepping_batches
-            )
+            run_steps = total_steps if total_steps is not None else _run_trainer("WarmupLR").estimated_stepping_batches
         warmup = self.warmup_steps
 
         def factor(step: int) -> float:  # a function (not a bound method): LambdaLR does not checkpoint it

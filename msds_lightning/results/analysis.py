@@ -167,9 +167,7 @@ class TestSetIntervals:
 
     def wide(self, accuracy: np.ndarray) -> bool:
         """Whether some accuracy interval reaches further than ±WIDE_INTERVAL from the estimate."""
-        return bool(
-            np.any(np.maximum(accuracy - self.accuracy[0], self.accuracy[1] - accuracy) > WIDE_INTERVAL)
-        )
+        return bool(np.any(np.maximum(accuracy - self.accuracy[0], self.accuracy[1] - accuracy) > WIDE_INTERVAL))
 
 
 @dataclass
@@ -317,10 +315,7 @@ def format_markdown(summaries: Sequence[Summary]) -> str:
             cells += ["-"] * (2 + with_fallback + with_samples)  # no ACR, abstention, ... for this row
             lines.append("| " + " | ".join(cells) + " |")
         if s.ci is not None:
-            cells = [
-                f"{s.name} {s.ci.level:.0%} CI",
-                *(f"[{lo:.3f}, {hi:.3f}]" for lo, hi in s.ci.accuracy.T),
-            ]
+            cells = [f"{s.name} {s.ci.level:.0%} CI", *(f"[{lo:.3f}, {hi:.3f}]" for lo, hi in s.ci.accuracy.T)]
             cells += [f"[{s.ci.acr[0]:.4f}, {s.ci.acr[1]:.4f}]"] + ["-"] * (1 + with_fallback + with_samples)
             lines.append("| " + " | ".join(cells) + " |")
     lines += _interval_notes(summaries)

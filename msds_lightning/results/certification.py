@@ -193,12 +193,8 @@ def read_results(path: str | os.PathLike, name: str | None = None) -> Results:
 
 
 def merge_result_files(
-    shards: Iterable[str | os.PathLike],
-    output: str | os.PathLike,
-    expected: Iterable[int] | None = None,
-    size: int | None = None,
-    check=row_problem,
-    volatile: Sequence[str] = ("time",),
+    shards: Iterable[str | os.PathLike], output: str | os.PathLike, expected: Iterable[int] | None = None,
+    size: int | None = None, check=row_problem, volatile: Sequence[str] = ("time",),
 ) -> int:
     """:func:`~.tsv.merge_row_files` of certification result files into ``output`` (sorted by idx, verified,
     moved into place atomically; with ``expected`` given, a missing index raises). Returns the row count."""

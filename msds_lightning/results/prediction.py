@@ -75,10 +75,6 @@ def prediction_summary(rows: Sequence[dict], name: str = "") -> str:
     if rows and "level" in rows[0]:
         answered = [r for r in rows if int(r["level"]) >= 0]
         for sigma in sorted({float(r["sigma"]) for r in answered}, reverse=True):
-            cells[f"answered at σ={sigma:g}"] = (
-                f"{share(sum(float(r['sigma']) == sigma for r in answered)):.3f}"
-            )
+            cells[f"answered at σ={sigma:g}"] = f"{share(sum(float(r['sigma']) == sigma for r in answered)):.3f}"
     head = list(cells)
-    return "\n".join(
-        ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), "| " + " | ".join(cells.values()) + " |"]
-    )
+    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head), "| " + " | ".join(cells.values()) + " |"])

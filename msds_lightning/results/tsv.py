@@ -36,9 +36,7 @@ class RowAppender:
             with self.path.open() as f:
                 found = f.readline().rstrip("\n")
             if found != expected:
-                raise ValueError(
-                    f"{self.path} has header {found!r}, expected {expected!r}; refusing to append{hint}"
-                )
+                raise ValueError(f"{self.path} has header {found!r}, expected {expected!r}; refusing to append{hint}")
             drop_partial_last_line(self.path)
             self._file = self.path.open("a")
         else:  # append mode even here: never truncate a file another process might be writing
@@ -114,14 +112,10 @@ def scan_row_files(
         if head is None:
             head = lines[0]
         elif lines[0] != head:
-            raise ValueError(
-                f"{path} has header {lines[0]!r}, expected {head!r} (as in the other result files)"
-            )
+            raise ValueError(f"{path} has header {lines[0]!r}, expected {head!r} (as in the other result files)")
         columns = head.split("\t")
         if "idx" not in columns or not set(volatile) <= set(columns):
-            raise ValueError(
-                f"{path}: header {head!r} is not a result header (no idx or {list(volatile)} column)"
-            )
+            raise ValueError(f"{path}: header {head!r} is not a result header (no idx or {list(volatile)} column)")
         compared = [k for k, c in enumerate(columns) if c not in volatile]
         for number, line in enumerate(lines[1:], start=2):
             where = f"{path}:{number}"

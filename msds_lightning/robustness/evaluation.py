@@ -25,10 +25,7 @@ from ..results.tsv import RowAppender, merge_row_files, scan_row_files
 from .attacks import Attack, autoattack, evaluation_mode, pgd_with_restarts
 
 ATTACKS = ("pgd", "eot-pgd", "autoattack")
-DEFAULT_ATTACKS = (
-    "pgd",
-    "autoattack",
-)  # EOT-PGD equals PGD on deterministic models, at eot-samples times the cost
+DEFAULT_ATTACKS = ("pgd", "autoattack")  # EOT-PGD equals PGD on deterministic models, at eot-samples times the cost
 # Column prefix of each attack in the result file.
 PREFIX = {"pgd": "pgd", "eot-pgd": "eot", "autoattack": "aa"}
 DATASETS = ("cifar10", "cifar100", "digits")
@@ -50,6 +47,8 @@ def columns(attacks: Sequence[str]) -> tuple[str, ...]:
 
 
 COLUMNS = columns(DEFAULT_ATTACKS)
+
+
 
 
 @dataclass(frozen=True)
@@ -78,9 +77,7 @@ class AttackSettings:
     def from_namespace(cls, namespace) -> AttackSettings:
         """The settings of an object with these attributes (e.g. the command's parsed flags)."""
         values = {name: getattr(namespace, name) for name in cls.__dataclass_fields__}
-        return cls(
-            **{**values, "attacks": tuple(dict.fromkeys(values["attacks"]))}
-        )  # de-duplicated, order kept
+        return cls(**{**values, "attacks": tuple(dict.fromkeys(values["attacks"]))})  # de-duplicated, order kept
 
 
 def build_attacks(args: AttackSettings, model: torch.nn.Module, device: torch.device) -> dict[str, Attack]:
@@ -117,6 +114,7 @@ def describe(args: AttackSettings) -> dict[str, str]:
         "aa": f"AutoAttack ({args.aa_version}), {threat}",
         "worst": "worst case (robust to every attack run)",
     }
+
 
 
 def row_problem(cells: Sequence[str], head: Sequence[str], size: int | None = None) -> str | None:
@@ -157,12 +155,7 @@ class AttackTable:
         self.lock = OutputLock(self.path, hint="give another --output").acquire()
         try:
             if overwrite:
-                for old in (
-                    path,
-                    path.with_suffix(".md"),
-                    path.with_suffix(".cost.json"),
-                    fingerprint_path(path),
-                ):
+                for old in (path, path.with_suffix(".md"), path.with_suffix(".cost.json"), fingerprint_path(path)):
                     old.unlink(missing_ok=True)
             has_rows = path.is_file() and path.stat().st_size > 0
             if check_fingerprint(fingerprint_path(path), fingerprint, has_rows, str(path), "--overwrite"):
@@ -242,6 +235,7 @@ def cost_text(cost: dict, labels: dict[str, str]) -> str:
             what = "clean prediction" if key == "clean" else labels.get(key, key)
             lines.append(f"- {what}: {1000 * seconds:.1f} ms per image ({cost['images'][key]} images)")
     return "\n".join(lines) + "\n"
+
 
 
 def predict_labels(model: nn.Module, x: torch.Tensor, samples: int = 1) -> torch.Tensor:

@@ -281,9 +281,7 @@ class Engine:
         image in ``stream`` (σ defaults to the highest level)."""
         sigma = self.sigmas[0] if sigma is None else sigma
         if self.batch_size is None:
-            self.batch_size, self.probed = probe_batch_size(
-                lambda z: self.forward.eager(z, sigma), images[:1]
-            )
+            self.batch_size, self.probed = probe_batch_size(lambda z: self.forward.eager(z, sigma), images[:1])
         return sample_counts(
             lambda z: self.forward(z, sigma), images, indices, num, sigma, self.num_classes, seed=self.seed,
             stream=stream, batch_size=self.batch_size, noise_block=self.noise_block, start=start,
@@ -367,11 +365,7 @@ class Engine:
         for stage, sigma in enumerate(self.sigmas):
             if not active:
                 break
-            selection = (
-                self._counts(images, indices, active, n0, sigma, PREDICTION_SELECTION)
-                if self.cascade
-                else None
-            )
+            selection = self._counts(images, indices, active, n0, sigma, PREDICTION_SELECTION) if self.cascade else None
             counts, lower = self._counts(images, indices, active, n, sigma, PREDICTION), []
             for row, k in enumerate(active):
                 if self.cascade:
@@ -384,9 +378,7 @@ class Engine:
                     continue
                 answer = ABSTAIN if answer is None else answer
                 level = stage if answer != ABSTAIN else -1
-                results[k] = Prediction(
-                    answer, level, stage, sigma, tuple(int(v) for v in counts[row]), samples
-                )
+                results[k] = Prediction(answer, level, stage, sigma, tuple(int(v) for v in counts[row]), samples)
             active = lower
         return results
 
@@ -404,9 +396,7 @@ class Engine:
         n = check_count(n, "n")
         logits = torch.as_tensor(clean_logits).detach().to("cpu", torch.float64).numpy()
         if logits.shape != (len(indices), self.num_classes):
-            raise ValueError(
-                f"clean_logits has shape {logits.shape}, expected ({len(indices)}, {self.num_classes})"
-            )
+            raise ValueError(f"clean_logits has shape {logits.shape}, expected ({len(indices)}, {self.num_classes})")
         _eval(self.base_classifier)
         recorded: list[list[tuple[int, ...]]] = [[] for _ in indices]
         active = list(range(len(indices)))
