@@ -360,3 +360,26 @@ def test_transformers_vit_unknown_key_is_named(tmp_path):
         Classifier(
             "hf_vit_base_patch16_224", 10, checkpoint=tmp_path / "pytorch_model.bin", model_kwargs=TINY_VIT
         )
+
+
+def test_certify_cohen_config_with_their_checkpoint_layout(tiny_assets, tmp_path):
+    """`msds certify -c configs/cifar10/certify_cohen.yaml` (no denoiser) on a file in their layout."""
+    from msds_lightning.cli import main
+    from msds_lightning.results import read_results
+
+    from .conftest import REPO
+
+    reference = nn.Sequential(NormalizeLayer(CIFAR_MEAN, CIFAR_STD), randomize_(RefCifarResNet(20), seed=8))
+    checkpoint = cohen_checkpoint(tmp_path / "checkpoint.pth.tar", "cifar_resnet20", reference)
+    output = tmp_path / "cohen.tsv"
+    args = [
+        "certify", "-c", str(REPO / "configs" / "cifar10" / "certify_cohen.yaml"),
+        "--model.classifier.init_args.model_name=cohen_cifar_resnet20",
+        f"--model.classifier.init_args.checkpoint={checkpoint}",
+        "--model.n0=8", "--model.n=32", "--model.batch_size=40",
+        f"--data.init_args.root={tiny_assets / 'cifar10'}", "--data.init_args.skip=1", "--data.init_args.max=3",
+        "--data.init_args.num_workers=0", f"--results.output={output}",
+        "--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.enable_progress_bar=false",
+    ]  # fmt: skip
+    assert main(args) == 0
+    assert read_results(output).idx.tolist() == [0, 1, 2]
