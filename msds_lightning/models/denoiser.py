@@ -553,12 +553,14 @@ def _fetch_unet_weights(resolved: Any, unet_subdir: Path) -> Path:
     from ..hub import resolve_folder
 
     prefix = "" if unet_subdir == Path(".") else f"{unet_subdir.as_posix()}/"
+    # the commit the configs came from (the snapshot folder's name), so that a push in between cannot mix two
+    commit = resolved.folder.name
+    revision = (
+        commit if len(commit) == 40 and all(c in "0123456789abcdef" for c in commit) else resolved.revision
+    )
     for name in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"):
         folder = resolve_folder(
-            resolved.repo_id,
-            what="Denoiser folder",
-            revision=resolved.revision,
-            allow_patterns=[prefix + name],
+            resolved.repo_id, what="Denoiser folder", revision=revision, allow_patterns=[prefix + name]
         ).folder
         if (folder / prefix / name).is_file():
             return folder / unet_subdir
