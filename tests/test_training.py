@@ -78,6 +78,10 @@ def test_finetune_config_fast_dev_run_then_certify_loads_export(assets, tmp_path
     assert main(["finetune", *finetune_args(assets, tmp_path), "--trainer.fast_dev_run=true"]) == 0
     exported = tmp_path / "exported"
     assert (exported / "unet").is_dir() and (exported / "denoiser_config.json").is_file()
+    card = (exported / "README.md").read_text()  # the model card: where it started, σ set, objective, weights
+    assert f"| base model | {assets / 'denoiser'} |" in card
+    assert "| σ set ([0, 1] pixel units) | 0.25, 0.5, 1 |" in card and "| λ_dm | 1.0 |" in card
+    assert "| objective | r·Brier + λ_ac·(1 − r)·AntiConsistency + λ_dm·ε-MSE |" in card
     certify = [
         "-c", str(REPO / "configs/cifar10/certify_msds.yaml"), f"--model.denoiser.init_args.path={exported}",
         f"--model.classifier.init_args.checkpoint={assets / 'classifier.safetensors'}", *TINY_CLASSIFIER,

@@ -28,9 +28,15 @@ class Classifier(nn.Module):
     """A timm image classifier fed with [0, 1] pixels: ``resize → normalize → model``.
 
     Args:
-        model_name: timm model name, e.g. ``"vit_base_patch16_224"`` or ``"beit_large_patch16_512"``.
+        model_name: timm model name, e.g. ``"vit_base_patch16_224"`` or ``"beit_large_patch16_512"``, or a
+            timm model on the Hugging Face Hub: ``"hf-hub:timm/vit_base_patch16_224.augreg_in21k"`` or the
+            same without ``hf-hub:`` (any ``"org/name"``), whose architecture and normalisation come from the
+            repo's ``config.json`` (resolved by ``huggingface_hub``: cache, ``HF_HUB_OFFLINE``, ``HF_TOKEN``).
+            The anchors' released classifiers have names of their own (:mod:`msds_lightning.models.anchors`:
+            ``cohen_cifar_resnet110``, ``cohen_resnet50``, ``hf_vit_base_patch16_224``; DM-Improves-AT's
+            WideResNets load into ``wrn28_10_swish`` / ``wrn70_16_swish``).
         num_classes: number of output logits.
-        pretrained: load timm's pretrained weights (from the Hub or the timm cache).
+        pretrained: load timm's pretrained weights (for a Hub name: the repo's ``model.safetensors``).
         checkpoint: path to a local weight file (``.safetensors`` preferred; ``.pth``/``.pt``/``.bin`` are read
             with ``torch.load(weights_only=True)``) holding a state dict of the timm model, optionally nested
             under ``state_dict``/``model``/``model_ema``/``state_dict_ema`` as timm understands. Implies
@@ -73,6 +79,7 @@ class Classifier(nn.Module):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        model_name = timm_model_name(model_name)
         model = _create_timm_model(
             model_name, num_classes, pretrained, checkpoint, checkpoint_num_classes, dict(model_kwargs or {})
         )
@@ -198,6 +205,20 @@ class DenoiseAndClassify(nn.Module):
         return f"sigma={self.sigma}"
 
 
+def timm_model_name(name: str) -> str:
+    """``name`` as ``timm.create_model`` takes it: a Hub repo id (``"timm/resnet18.a1_in1k"``, any
+    ``"org/name"``, optionally ``@revision``) gets timm's ``hf-hub:`` prefix; other names are unchanged."""
+    from ..hub import is_repo_id
+
+    if name.startswith(("hf-hub:", "hf_hub:", "local-dir:")) or "/" not in name:
+        return name
+    if not is_repo_id(name.split("@", 1)[0]):
+        raise ValueError(
+            f"model_name {name!r} is neither a timm model name nor a Hugging Face Hub repo id ('org/name')"
+        )
+    return "hf-hub:" + name
+
+
 def _create_timm_model(
     model_name: str,
     num_classes: int,
@@ -215,7 +236,9 @@ def _create_timm_model(
     from ..runs import checkpoint_format
 
     if checkpoint_format(path) is None:
-        raise OSError(f"Classifier checkpoint {path} is neither a safetensors file nor a torch.save checkpoint")
+        raise OSError(
+            f"Classifier checkpoint {path} is neither a safetensors file nor a torch.save checkpoint"
+        )
     overlay = dict(model_kwargs.pop("pretrained_cfg_overlay", None) or {})
     # timm drops the checkpoint's head whenever num_classes differs from the pretrained config's, so tell it
     # how many classes the file's head has.

@@ -353,41 +353,58 @@ class DiffusionDenoiser(nn.Module):
         path: str | Path,
         rescale_timesteps: bool | None = None,
         pad_to: int | None = None,
+        revision: str | None = None,
     ) -> DiffusionDenoiser:
-        """Load a denoiser from a local diffusers folder (never from the Hub).
+        """Load a denoiser from a local diffusers folder or a Hugging Face Hub repo.
 
-        The UNet is read from ``path/unet`` if that exists, else from ``path`` itself; the scheduler from
-        ``path/scheduler`` or ``path``. Both layouts occur in practice (pipeline folders vs.
-        ``google/ddpm-cifar10-32``-style folders with everything at the root).
+        The UNet is read from ``unet/`` if that exists, else from the root; the scheduler from
+        ``scheduler/`` or the root. Both layouts occur in practice (pipeline folders such as
+        ``google/ddpm-cifar10-32`` keep the UNet at the root and the scheduler in ``scheduler_config.json``),
+        and the repo's own scheduler is always the one used: it defines the σ → timestep map.
 
         Args:
-            path: the folder.
-            rescale_timesteps: ``None`` takes the value saved in ``denoiser_config.json`` (``False`` if absent).
+            path: a local folder (always wins when it exists), or a Hub repo id such as
+                ``"google/ddpm-cifar10-32"``, resolved by ``huggingface_hub`` (its cache first;
+                ``HF_HUB_OFFLINE=1`` reads the cache only; private repos use ``HF_TOKEN``). Only the configs
+                and the UNet weights (``diffusion_pytorch_model.safetensors``, else ``.bin``) are fetched.
+            rescale_timesteps: ``None`` takes the value saved in ``denoiser_config.json``, ``False`` if the
+                folder has none. ``False`` is right for diffusers' own DDPM repos (trained with the integer
+                timestep); improved-diffusion conversions need ``True`` (``msds convert-openai`` records it).
             pad_to: ``None`` takes the saved value (no padding if absent); ``0`` disables a saved padding.
+            revision: Hub branch, tag or commit hash (``None``: ``main``); only for a Hub id.
         """
-        root = Path(path).expanduser()
+        from ..hub import resolve_folder
+
+        resolved = resolve_folder(
+            path,
+            what="Denoiser folder",
+            revision=revision,
+            allow_patterns=["*.json"],
+            expected="Expected a local diffusers folder with unet/ and scheduler/ sub-folders (as written by "
+            "DiffusionDenoiser.save_pretrained or msds convert-openai) or with config.json, "
+            "diffusion_pytorch_model.safetensors and scheduler_config.json at its root, or a Hub repo id "
+            "such as 'google/ddpm-cifar10-32'.",
+        )
+        root = resolved.folder
         if root.is_file():
             raise NotADirectoryError(
                 f"Denoiser path {root} is a file; expected a diffusers folder (unet/ and scheduler/). Original "
                 f"improved/guided-diffusion .pt checkpoints must be converted to the diffusers format first."
             )
-        if not root.is_dir():
-            raise FileNotFoundError(
-                f"Denoiser folder not found: {root}. Expected a local diffusers folder with unet/ and scheduler/ "
-                f"sub-folders (as written by DiffusionDenoiser.save_pretrained) or with config.json, "
-                f"diffusion_pytorch_model.safetensors and scheduler_config.json at its root."
-            )
         unet_dir = root / "unet" if (root / "unet" / UNET_CONFIG_NAME).is_file() else root
         scheduler_dir = root / "scheduler" if (root / "scheduler" / SCHEDULER_CONFIG_NAME).is_file() else root
         if not (unet_dir / UNET_CONFIG_NAME).is_file():
             raise FileNotFoundError(
-                f"No UNet config in {root}: expected {root / 'unet' / UNET_CONFIG_NAME} or {root / UNET_CONFIG_NAME}"
+                f"No UNet config in {resolved.source}: expected unet/{UNET_CONFIG_NAME} or {UNET_CONFIG_NAME} "
+                f"at its root (a diffusers UNet2DModel folder, as DiffusionDenoiser.save_pretrained writes)"
             )
         if not (scheduler_dir / SCHEDULER_CONFIG_NAME).is_file():
             raise FileNotFoundError(
-                f"No scheduler config in {root}: expected {root / 'scheduler' / SCHEDULER_CONFIG_NAME} or "
-                f"{root / SCHEDULER_CONFIG_NAME}. The noise schedule must be known to map sigma to a timestep."
+                f"No scheduler config in {resolved.source}: expected scheduler/{SCHEDULER_CONFIG_NAME} or "
+                f"{SCHEDULER_CONFIG_NAME} at its root. The noise schedule must be known to map sigma to a timestep."
             )
+        if resolved.repo_id is not None:
+            unet_dir = _fetch_unet_weights(resolved, unet_dir.relative_to(root))
 
         try:
             unet = UNet2DModel.from_pretrained(unet_dir, local_files_only=True)
@@ -409,17 +426,62 @@ class DiffusionDenoiser(nn.Module):
             rescale_timesteps = bool(saved.get("rescale_timesteps", False))
         if pad_to is None:
             pad_to = saved.get("pad_to")
-        return cls(unet, scheduler, rescale_timesteps=rescale_timesteps, pad_to=pad_to or None)
+        denoiser = cls(unet, scheduler, rescale_timesteps=rescale_timesteps, pad_to=pad_to or None)
+        denoiser.source = resolved.source
+        denoiser.provenance = dict(saved.get("provenance") or {})
+        return denoiser
 
-    def save_pretrained(self, path: str | Path) -> None:
-        """Write ``unet/`` (safetensors), ``scheduler/`` and ``denoiser_config.json`` to ``path``."""
+    #: Where :meth:`from_pretrained` loaded the weights from (a local path or ``repo_id[@revision]``).
+    source: str | None = None
+    #: What :meth:`save_pretrained` records for the model card: ``base_model`` and ``training``
+    #: (``{"method", "sigmas", "objective", "weights", "settings"}``); kept in ``denoiser_config.json``.
+    provenance: dict[str, Any] = {}  # replaced per instance, never mutated in place
+
+    def save_pretrained(self, path: str | Path, certification: str | Path | None = None) -> None:
+        """Write ``unet/`` (safetensors), ``scheduler/``, ``denoiser_config.json`` and a model card
+        ``README.md`` (base model, σ set, objective and weights from :attr:`provenance`; with
+        ``certification``, a certification TSV of ``msds certify``, also its certified-accuracy table)."""
+        from ..hub import denoiser_card
+
         root = Path(path).expanduser()
         root.mkdir(parents=True, exist_ok=True)
         self.unet.save_pretrained(root / "unet", safe_serialization=True)
         self.scheduler.save_pretrained(root / "scheduler")
-        options = {"rescale_timesteps": self.rescale_timesteps, "pad_to": self.pad_to}
+        options: dict[str, Any] = {"rescale_timesteps": self.rescale_timesteps, "pad_to": self.pad_to}
+        if self.provenance:
+            options["provenance"] = self.provenance
         (root / DENOISER_CONFIG_NAME).write_text(json.dumps(options, indent=2) + "\n")
+        card = denoiser_card(
+            unet_config=dict(self.unet.config),
+            scheduler_config=dict(self.scheduler.config),
+            options=options,
+            provenance=self.provenance,
+            certification=certification,
+        )
+        (root / "README.md").write_text(card)
         honour_umask(root)  # safetensors writes 0600
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        certification: str | Path | None = None,
+        private: bool | None = None,
+        revision: str | None = None,
+        commit_message: str = "Upload denoiser with msds-lightning",
+    ) -> str:
+        """:meth:`save_pretrained` into a temporary folder and upload it to the Hub repo ``repo_id`` (created
+        if needed, ``private`` as given), so that ``from_pretrained(repo_id)`` loads it. The token is the one
+        ``huggingface_hub`` finds (``HF_TOKEN`` or ``hf auth login``); none is taken here. Returns the
+        commit URL."""
+        import tempfile
+
+        from ..hub import push_folder_to_hub
+
+        with tempfile.TemporaryDirectory(prefix="msds-push-") as folder:
+            self.save_pretrained(folder, certification=certification)
+            return push_folder_to_hub(
+                folder, repo_id, private=private, revision=revision, commit_message=commit_message
+            )
 
     def extra_repr(self) -> str:
         return (
@@ -482,6 +544,36 @@ def _float64_betas(config: Any) -> np.ndarray | None:
             dtype=np.float64,
         )
     return None
+
+
+def _fetch_unet_weights(resolved: Any, unet_subdir: Path) -> Path:
+    """Download the UNet weights of a Hub denoiser (safetensors if the repo has them, else the ``.bin``
+    that older diffusers repos such as ``google/ddpm-cifar10-32`` hold; diffusers reads it with
+    ``weights_only=True``) into the snapshot ``resolve_folder`` made; returns the UNet folder."""
+    from ..hub import resolve_folder
+
+    prefix = "" if unet_subdir == Path(".") else f"{unet_subdir.as_posix()}/"
+    # the commit the configs came from (the snapshot folder's name), so that a push in between cannot mix two
+    commit = resolved.folder.name
+    revision = (
+        commit if len(commit) == 40 and all(c in "0123456789abcdef" for c in commit) else resolved.revision
+    )
+    for name in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"):
+        folder = resolve_folder(
+            resolved.repo_id, what="Denoiser folder", revision=revision, allow_patterns=[prefix + name]
+        ).folder
+        if (folder / prefix / name).is_file():
+            return folder / unet_subdir
+    raise FileNotFoundError(
+        f"Denoiser {resolved.source}: the Hub repo has no UNet weights {prefix}diffusion_pytorch_model.safetensors "
+        f"(or .bin){' in the cache (HF_HUB_OFFLINE is set)' if _hub_offline() else ''}"
+    )
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
 
 
 def _public_keys(config: dict[str, Any]) -> dict[str, Any]:

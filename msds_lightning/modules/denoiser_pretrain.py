@@ -17,6 +17,7 @@ from .optim import TrainingModule, configure, spec
 OPTIMIZER = spec("torch.optim.AdamW", lr=2e-4, weight_decay=0.0)
 LR_SCHEDULER = spec("msds_lightning.modules.optim.WarmupLR", warmup_steps=0, decay="constant")
 
+
 class DenoiserPretrainModule(TrainingModule):
     """Train ``denoiser.unet`` with the diffusion loss of its scheduler's prediction type.
 
@@ -104,16 +105,23 @@ class DenoiserPretrainModule(TrainingModule):
 
     def on_train_end(self):
         if self.export_dir:
-            export_denoiser(self.denoiser, self.export_dir)
+            training = {"method": "DDPM pre-training (msds pretrain-denoiser)", "objective": "diffusion loss"}
+            export_denoiser(self.denoiser, self.export_dir, training)
 
 
 @rank_zero_only
-def export_denoiser(denoiser: DiffusionDenoiser, path: str) -> None:
-    """``save_pretrained`` with LoRA adapters (if any) merged, so ``msds certify`` loads it directly."""
+def export_denoiser(denoiser: DiffusionDenoiser, path: str, training: dict | None = None) -> None:
+    """``save_pretrained`` with LoRA adapters (if any) merged, so ``msds certify`` loads it directly. The
+    model card records where the weights started (``denoiser.source``) and ``training`` (method, σ set,
+    objective and its weights)."""
     from ..models.lora import has_lora, merged_copy
 
+    source = denoiser.source
     if has_lora(denoiser.unet):
         denoiser = DiffusionDenoiser(merged_copy(denoiser.unet), denoiser.scheduler, denoiser.rescale_timesteps,
                                      denoiser.pad_to)  # fmt: skip
+    denoiser.provenance = {"base_model": source or "randomly initialised (DiffusionDenoiser.from_config)"}
+    if training:
+        denoiser.provenance["training"] = training
     denoiser.save_pretrained(Path(path))
     rank_zero_info(f"denoiser exported to {path} (DiffusionDenoiser.from_pretrained / msds certify)")

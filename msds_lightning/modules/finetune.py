@@ -38,6 +38,7 @@ _LOGGED = ("loss", "brier", "anti_consistency", "diffusion_mse", "recoverable", 
 OPTIMIZER = spec("torch.optim.AdamW", lr=1e-5, weight_decay=0.0)
 LR_SCHEDULER = spec("msds_lightning.modules.optim.WarmupLR", warmup_steps=0, decay="constant")
 
+
 class DenoiserFinetuneModule(TrainingModule):
     """:param denoiser: the pretrained :class:`DiffusionDenoiser` to fine-tune
     :param classifier: the base classifier ([0,1] pixels → logits); frozen (no gradients, eval mode)
@@ -190,4 +191,20 @@ class DenoiserFinetuneModule(TrainingModule):
 
     def on_train_end(self):
         if self.export_dir:
-            export_denoiser(self.denoiser, self.export_dir)
+            export_denoiser(self.denoiser, self.export_dir, self.card_training())
+
+    def card_training(self) -> dict:
+        """What the exported model card records: method, σ set, objective and its weights, settings."""
+        return {
+            "method": "MSDS fine-tuning (msds finetune), classifier frozen",
+            "sigmas": sorted(self.sigmas),
+            "objective": "r·Brier + λ_ac·(1 − r)·AntiConsistency + λ_dm·ε-MSE",
+            "weights": {"λ_ac": self.lambda_ac, "λ_dm": self.lambda_dm},
+            "settings": {
+                "noise copies M": self.num_noise_samples,
+                "recoverable": self.recoverable,
+                "anti_consistency": self.anti_consistency,
+                "p0": self.p0,
+                "LoRA": self.hparams.get("lora") or "none (full fine-tuning)",
+            },
+        }
