@@ -485,7 +485,7 @@ def summarize_shift(results: Results, radii: Sequence[float] = CIFAR10_RADII) ->
 
     def mean(group: list[ShiftCell], s: int | None) -> ShiftCell:
         return ShiftCell(None, s, sum(x.count for x in group), np.mean([x.accuracy for x in group], axis=0),
-                         float(np.mean([x.acr for x in group])), len(group))  # fmt: skip
+                         float(np.mean([x.acr for x in group])), len({x.corruption for x in group}))  # fmt: skip
 
     means = [mean([x for x in cells if x.severity == s], s) for s in sorted({x.severity for x in cells})]
     if len(means) > 1:
