@@ -33,6 +33,9 @@ def test_every_report_artefact(demo):
     assert "## The claim, with paired 95% intervals" in report and "| ACR vs the pretrained cascade" in report
     assert "## Where the cascades answer" in report and "## Settings, and where they come from" in report
     assert "samples/image" in report
+    # shift: the fine-tuned cascade per corruption and severity (quick: 2 digits x 5 corruptions x severities 1, 2)
+    assert "## Under distribution shift" in report and "| gaussian_blur | 2 | 2 |" in report
+    assert "| mean of 5 | 1 | 10 |" in report and "| mean of 5 | all | 20 |" in report
     # IDC: trained, attacked with PGD and EOT-PGD, its row carries its cost (4 U-Net evaluations)
     assert "| IDC: 4-step Brownian bridge to label images (stochastic sampler) |" in report
     idc_row = next(line for line in report.splitlines() if line.startswith("| IDC"))

@@ -27,6 +27,7 @@ __all__ = [
     "tiny_denoiser",
     "tiny_unet_config",
     "write_fake_cifar10",
+    "write_fake_cifar10c",
     "write_fake_imagefolder",
 ]
 
@@ -168,3 +169,31 @@ def write_fake_imagefolder(
                 pixels = rng.integers(0, 256, size=(*size, 3), dtype=np.uint8)
                 Image.fromarray(pixels).save(folder / f"{name}_{i}.png")
     return Path(root)
+
+
+def write_fake_cifar10c(
+    folder: str | Path, corruptions: tuple[str, ...] = ("gaussian_noise", "fog"), filled: int = 4,
+    num_classes: int = 10, seed: int = 0,
+) -> dict[str, np.ndarray]:  # fmt: skip
+    """Write a CIFAR-10-C folder in the published format: ``<corruption>.npy`` uint8 [50000, 32, 32, 3]
+    (severity-major: row (s - 1) * 10000 + i is test image i at severity s) and ``labels.npy`` ([50000]
+    uint8, the test labels tiled over the 5 severities). Only the first ``filled`` images of each severity get
+    random pixels; the rest stay zero, so the files are sparse (a few KB on disk, 150 MB in size).
+    Returns ``{corruption: the filled rows [5, filled, 32, 32, 3]}`` and ``"labels"`` ([50000])."""
+    rng = np.random.default_rng(seed)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    labels = np.tile(rng.integers(0, num_classes, size=10_000), 5).astype(np.uint8)
+    np.save(folder / "labels.npy", labels)
+    written: dict[str, np.ndarray] = {"labels": labels}
+    for name in corruptions:
+        array = np.lib.format.open_memmap(
+            folder / f"{name}.npy", mode="w+", dtype=np.uint8, shape=(50_000, 32, 32, 3)
+        )
+        rows = rng.integers(0, 256, size=(5, filled, 32, 32, 3), dtype=np.uint8)
+        for s in range(5):
+            array[s * 10_000 : s * 10_000 + filled] = rows[s]
+        array.flush()
+        del array
+        written[name] = rows
+    return written

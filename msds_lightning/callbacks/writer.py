@@ -34,7 +34,14 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from ..results import ResultWriter, merge_result_files, read_results, scan_result_files
-from ..results.analysis import CIFAR10_RADII, format_markdown, summarize
+from ..results.analysis import (
+    CIFAR10_RADII,
+    format_markdown,
+    format_shift,
+    is_shift_run,
+    summarize,
+    summarize_shift,
+)
 from ..results.counts import (
     COUNTS_KEY,
     CountsWriter,
@@ -81,6 +88,7 @@ class CertificationWriter(BasePredictionWriter):
         self.radii = [float(r) for r in radii]
         self.overwrite = bool(overwrite)
         self.fingerprint: dict | None = None
+        self._data = None  # the data module, when it adds columns to the rows (row_columns, row_fields)
         self._writer: ResultWriter | None = None
         self._counts_writer: CountsWriter | None = None
         self._lock = OutputLock(self.output, hint="give another --results.output")
@@ -191,7 +199,11 @@ class CertificationWriter(BasePredictionWriter):
         self._shard_lock = OutputLock(shard, hint="give another --results.output").acquire()
         if trainer.is_global_zero and self.fingerprint is not None:
             write_fingerprint(self.shard_dir / "fingerprint.json", self.fingerprint)
-        self._writer = self._row_writer(shard, getattr(pl_module, "extra_columns", ()))
+        # a data module may name columns of its own (the shift data sets: corruption, severity), computed
+        # from each row's idx; without them the header is the module's alone, as before
+        self._data = trainer.datamodule if getattr(trainer.datamodule, "row_columns", ()) else None
+        data_columns = tuple(self._data.row_columns) if self._data is not None else ()
+        self._writer = self._row_writer(shard, (*data_columns, *getattr(pl_module, "extra_columns", ())))
         if self.records_counts:
             self._counts_writer = CountsWriter(self.shard_dir / f"rank{trainer.global_rank}.counts")
         self._stop_signal = None
@@ -204,6 +216,8 @@ class CertificationWriter(BasePredictionWriter):
             record = row.pop(COUNTS_KEY, None)
             if record is not None and self._counts_writer is not None:
                 self._counts_writer.write(row["idx"], record)  # first: a result row always has its counts
+            if self._data is not None:
+                row = {**row, **self._data.row_fields(row["idx"])}
             self._writer.write(**row)
         if self._stop_signal is not None:
             raise CertificationStopped(self._stop_signal)
@@ -269,7 +283,10 @@ class CertificationWriter(BasePredictionWriter):
                 note = (f"\n({len(results) - len(current)} row(s) of {self.output} lie outside this run's "
                         f"index set (other skip/max) and are not in this table)\n")  # fmt: skip
             results = current
-        return format_markdown([summarize(results, self.radii)]) + note
+        table = format_markdown([summarize(results, self.radii)]) + note
+        if is_shift_run(results):  # per corruption and severity, and their mean (mCA)
+            table += "\n" + format_shift(summarize_shift(results, self.radii))
+        return table
 
     def on_exception(self, trainer, pl_module, exception) -> None:
         self.close()  # Lightning's teardown then reinstates its saved handlers; `msds certify` closes again

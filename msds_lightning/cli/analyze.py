@@ -1,6 +1,8 @@
 """``msds analyze RESULTS... [--radii R...] [--format markdown|latex|csv] [--output FILE] [--plot PNG]
 [--high-prob ALPHA RHO] [--ci [LEVEL]]``: certified accuracy, ACR and abstention per result file, optionally Cohen
-et al.'s high-probability accuracy and intervals over the test set (:mod:`msds_lightning.results.analysis`)."""
+et al.'s high-probability accuracy and intervals over the test set (:mod:`msds_lightning.results.analysis`). A shift
+run (rows with ``corruption`` and ``severity``) also gets its table per corruption and severity with the mean
+over corruptions (mCA), and ``--plot`` then draws certified accuracy vs severity."""
 
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="radii for the table, in [0,1] pixel units (default: %(default)s; ImageNet: 0 0.5 1 1.5 2 2.5 3)")  # fmt: skip
     p.add_argument("--format", choices=sorted(FORMATTERS), default="markdown", help="table format")
     p.add_argument("--output", "-o", help="also write the table to this file")
-    p.add_argument("--plot", help="write a certified-accuracy-vs-radius plot (PNG) to this path")
+    p.add_argument("--plot", help="write a certified-accuracy-vs-radius plot (PNG) to this path; when every file "
+                   "is a shift run (corruption and severity columns): certified accuracy vs severity instead")  # fmt: skip
     p.add_argument("--high-prob", nargs=2, type=float, metavar=("ALPHA", "RHO"),
                    help="also give Cohen et al.'s high-probability accuracy at each radius: a lower bound on the "
                    "certified accuracy holding with probability 1-RHO, for certificates that each fail with "
@@ -56,8 +59,12 @@ def main(argv: Sequence[str]) -> int:
         FORMATTERS,
         check_ci_level,
         check_high_prob_levels,
+        format_shift,
+        is_shift_run,
         plot_certified_accuracy,
+        plot_shift,
         summarize,
+        summarize_shift,
     )
 
     if any(r < 0 for r in args.radii):
@@ -82,6 +89,10 @@ def main(argv: Sequence[str]) -> int:
                   f"count as not certified, infinite ones as certified at every radius", file=sys.stderr)  # fmt: skip
     summaries = [summarize(r, args.radii, high_prob, args.ci, args.resamples, args.seed) for r in results]
     table = FORMATTERS[args.format](summaries)
+    # a shift run (CIFAR-10-C, ImageNet-C, ...) also gets its table per corruption and severity, with the mCA
+    shifts = [summarize_shift(r, args.radii) for r in results if is_shift_run(r)]
+    for shift in shifts:
+        table += "\n" + format_shift(shift, args.format)
     if published is not None:
         from ..results.published import format_comparison
 
@@ -92,8 +103,9 @@ def main(argv: Sequence[str]) -> int:
         Path(args.output).write_text(table)
     if args.plot:
         Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
-        plot_certified_accuracy(results, args.plot)
+        if shifts and len(shifts) == len(results):
+            plot_shift(shifts, args.plot)
+        else:
+            plot_certified_accuracy(results, args.plot)
         print(f"plot written to {args.plot}", file=sys.stderr)
     return 0
-
-

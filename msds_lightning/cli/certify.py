@@ -90,11 +90,12 @@ def run(module_class, argv: Sequence[str], prog: str, add_arguments) -> int:
 
 
 # Settings that do not change a certification row (rows are keyed by dataset index and noise seed, and
-# are the same for any batch size, device count or data location) or are checked per row (skip/max).
+# are the same for any batch size, device count or data location) or are checked per row (skip/max; the
+# shift data sets' corruptions/severities: the index encodes both, so a run can add corruptions later).
 _UNFINGERPRINTED = {
     "model": {"batch_size"},
     "data": {"root", "download", "verify_checksums", "batch_size", "num_workers", "pin_memory", "skip",
-             "max", "augment"},  # fmt: skip
+             "max", "augment", "corruptions", "severities"},  # fmt: skip
 }
 
 

@@ -425,3 +425,143 @@ def plot_certified_accuracy(
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+# --- distribution shift: rows grouped by corruption and severity -------------------------------------------
+SHIFT_COLUMNS = ("corruption", "severity")
+
+
+def is_shift_run(results: Results) -> bool:
+    """Whether a result file comes from a shift data set (it has ``corruption`` and ``severity`` columns)."""
+    return all(c in results.columns for c in SHIFT_COLUMNS)
+
+
+@dataclass
+class ShiftCell:
+    """One row of a shift table: ``corruption`` at ``severity`` (``corruption`` None: the mean over the
+    corruptions, ``severity`` None: over every severity), over ``count`` images (the mean rows: in total)."""
+
+    corruption: str | None
+    severity: int | None
+    count: int
+    accuracy: np.ndarray
+    acr: float
+    corruptions: int = 1  # how many corruptions a mean row averages
+
+
+@dataclass
+class ShiftSummary:
+    """A shift run's table: one :class:`ShiftCell` per corruption and severity (corruptions in index order,
+    i.e. the data set's), then the mean over corruptions per severity (mCA) and over every cell."""
+
+    name: str
+    radii: tuple[float, ...]
+    cells: list[ShiftCell]
+    means: list[ShiftCell]
+
+
+def summarize_shift(results: Results, radii: Sequence[float] = CIFAR10_RADII) -> ShiftSummary:
+    """Certified accuracy at ``radii`` and ACR per corruption and severity, and their unweighted means over
+    the corruptions at each severity (the mean corrupted certified accuracy, mCA; every corruption counts the
+    same, as in Hendrycks & Dietterich's mCE) and over all cells."""
+    if not is_shift_run(results):
+        raise ValueError(f"{results.name} has no {' / '.join(SHIFT_COLUMNS)} columns: not a shift run")
+    radii = tuple(float(r) for r in radii)
+    corruption = np.asarray(results.columns["corruption"], dtype=object)
+    severity = results.column("severity", int)
+    first = {}
+    for c, i in zip(corruption, results.idx):
+        first[c] = min(first.get(c, i), i)
+    cells = []
+    for c in sorted(first, key=first.get):  # the index code's order: the data set's corruption order
+        for s in sorted(set(severity[corruption == c].tolist())):
+            rows = (corruption == c) & (severity == s)
+            r, k = results.radius[rows], results.correct[rows]
+            cells.append(
+                ShiftCell(
+                    c, s, int(rows.sum()), certified_accuracy(r, k, radii), average_certified_radius(r, k)
+                )
+            )
+
+    def mean(group: list[ShiftCell], s: int | None) -> ShiftCell:
+        return ShiftCell(None, s, sum(x.count for x in group), np.mean([x.accuracy for x in group], axis=0),
+                         float(np.mean([x.acr for x in group])), len({x.corruption for x in group}))  # fmt: skip
+
+    means = [mean([x for x in cells if x.severity == s], s) for s in sorted({x.severity for x in cells})]
+    if len(means) > 1:
+        means.append(mean(cells, None))
+    return ShiftSummary(results.name, radii, cells, means)
+
+
+def _shift_label(cell: ShiftCell) -> tuple[str, str]:
+    if cell.corruption is not None:
+        return cell.corruption, str(cell.severity)
+    return f"mean of {cell.corruptions}", "all" if cell.severity is None else str(cell.severity)
+
+
+def format_shift(summary: ShiftSummary, fmt: str = "markdown") -> str:
+    """The shift table of one run in ``"markdown"``, ``"latex"`` or ``"csv"``: a row per corruption and
+    severity, then the mean over corruptions per severity (mCA: ``mean of K``) and over every cell (``all``)."""
+    radii = summary.radii
+    if fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(
+            ["file", "corruption", "severity", "count", *(f"r={r:g}" for r in radii), "acr", "corruptions"]
+        )
+        for cell in [*summary.cells, *summary.means]:
+            writer.writerow([summary.name, cell.corruption if cell.corruption is not None else "mean",
+                             cell.severity if cell.severity is not None else "all", cell.count,
+                             *(repr(float(a)) for a in cell.accuracy), repr(cell.acr), cell.corruptions])  # fmt: skip
+        return buffer.getvalue()
+    head = [
+        "corruption",
+        "severity",
+        "images",
+        *(_radius_label(r, i == 0) for i, r in enumerate(radii)),
+        "ACR",
+    ]
+    body = [[*_shift_label(c), str(c.count), *(f"{a:.3f}" for a in c.accuracy), f"{c.acr:.4f}"]
+            for c in [*summary.cells, *summary.means]]  # fmt: skip
+    if fmt == "latex":
+        out = [f"% {summary.name}", f"\\begin{{tabular}}{{ll{'c' * (len(radii) + 2)}}}", "\\toprule",
+               " & ".join([*head[:3], *(f"$r={r:g}$" for r in radii), "ACR"]) + " \\\\", "\\midrule"]  # fmt: skip
+        for k, row in enumerate(body):
+            if k == len(summary.cells):
+                out.append("\\midrule")
+            out.append(" & ".join(cell.replace("_", "\\_") for cell in row) + " \\\\")
+        return "\n".join([*out, "\\bottomrule", "\\end{tabular}"]) + "\n"
+    if fmt != "markdown":
+        raise ValueError(f"format must be markdown, latex or csv, got {fmt!r}")
+    lines = [f"Certified accuracy under distribution shift: {summary.name}", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]  # fmt: skip
+    lines += ["| " + " | ".join(row) + " |" for row in body]
+    lines += ["", "mean of K: the unweighted mean over the K corruptions at that severity (mCA), or over every "
+              "corruption and severity (all); images: their total."]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def plot_shift(summaries: Sequence[ShiftSummary], path: str) -> None:
+    """Certified accuracy vs severity, one panel per run: the mean over corruptions (mCA) at each severity,
+    one line per radius of the table."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(summaries), figsize=(5 * len(summaries), 4), dpi=120, squeeze=False)
+    for ax, summary in zip(axes[0], summaries):
+        per_severity = [m for m in summary.means if m.severity is not None]
+        x = [m.severity for m in per_severity]
+        for k, r in enumerate(summary.radii):
+            ax.plot(x, [m.accuracy[k] for m in per_severity], marker="o", label=f"r = {r:g}")
+        ax.set_xticks(x)
+        ax.set_xlabel("severity")
+        ax.set_ylabel(f"certified accuracy, mean of {max(m.corruptions for m in per_severity)} corruptions")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        ax.set_title(summary.name, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -25,6 +25,7 @@ from ..smoothing.adaptive import AdaptiveSampling
 from ..smoothing.checks import check_alpha, check_sigmas
 from ..smoothing.records import CountRecord, CountRecorder, MissingCounts, ReplayEngine
 from .certification import (
+    COHEN_COLUMNS,
     ResultWriter,
     certificate_row,
     certification_columns,
@@ -45,6 +46,8 @@ class SourceRun:
     rows: dict[int, dict[str, str]]
     settings: dict[str, object]
     records: dict[int, CountRecord]
+    data_columns: tuple[str, ...] = ()
+    """Columns the data module adds after Cohen's (a shift run's ``corruption``, ``severity``): copied."""
 
     @property
     def sigmas(self) -> tuple[float, ...]:
@@ -83,7 +86,10 @@ def load_run(path: str | Path) -> SourceRun:
     if not sidecar.is_file():
         raise FileNotFoundError(f"{path} has no counts sidecar ({sidecar}); runs certified before msds recertify "
                                 f"existed did not record counts")  # fmt: skip
-    return SourceRun(path, rows, settings, read_count_records(sidecar, num_classes))
+    run = SourceRun(path, rows, settings, read_count_records(sidecar, num_classes))
+    own = set(certification_columns(run.sigmas, run.cascade, "clean" in head))
+    run.data_columns = tuple(c for c in head[len(COHEN_COLUMNS) :] if c not in own)
+    return run
 
 
 def _sampling(settings: dict, radii: Sequence[float] | None) -> AdaptiveSampling | None:
@@ -172,7 +178,7 @@ def recertify(
         )
 
     official = all("clean" in run.rows[indices[0]] for run in runs) if indices else False
-    columns = certification_columns(sigmas, cascade, official)
+    columns = (*first.data_columns, *certification_columns(sigmas, cascade, official))
     new = dict(settings, **{"model.sigma": list(sigmas) if cascade else sigmas[0], "model.alpha": alpha,
                             "model.p0": p0, "model.official_columns": official})  # fmt: skip
     if off_class != "goodman":
@@ -195,6 +201,7 @@ def recertify(
             clean = int(source["clean"]) if official else None
             row = certificate_row(cert, idx, int(source["label"]), seconds, sigmas=sigmas, cascade=cascade, n0=n0,
                                   n=n, p0=p0, clean=clean)  # fmt: skip
+            row.update({c: source[c] for c in first.data_columns})
             sidecar.write(idx, used.records[idx].to_json())
             rows.write(**row)
     write_fingerprint(fingerprint_path(output), new)
