@@ -95,6 +95,12 @@ def test_rows_carry_corruption_and_severity_and_equal_the_engine(tiny_assets, ci
     )  # 2 corruptions, 8 images
 
 
+def test_recertify_round_trip_of_a_shift_run_keeps_corruption_and_severity(run, tmp_path):
+    again = tmp_path / "again.tsv"
+    assert main(["recertify", str(run), "--output", str(again)]) == 0
+    assert again.read_bytes() == run.read_bytes()
+
+
 @pytest.mark.slow  # two more certification runs (the resume logic itself is covered by test_certify_cli)
 def test_resume_and_adding_a_corruption_keep_every_row(tiny_assets, cifar10c, run, tmp_path):
     output = tmp_path / "resumed.tsv"
