@@ -239,15 +239,13 @@ def test_gap_is_never_negative_on_the_digits_demo_models(digits_models, config, 
     monkeypatch.chdir(digits_models)
     certified = f"outputs/demo/certify/{config}.tsv"
     argv = ["-c", str(CONFIGS / config), *extra, "--model.n=1000", "--model.sampling=fixed",
-            "--trainer.enable_progress_bar=false", f"--results.output={certified}"]  # fmt: skip
+            "--data.init_args.max=240", "--trainer.enable_progress_bar=false", f"--results.output={certified}"]  # fmt: skip
     assert main(["certify", *argv]) == 0
     _finish_wandb()
     out = f"outputs/demo/attack/{config}.tsv"
     radii = ["0", "0.125", "0.25", "0.5"]
     assert (
-        main(
-            ["attack-smoothed", *argv, "--output", out, "--radii", *radii, "--steps", "10", "--samples", "16"]
-        )
+        main(["attack-smoothed", *argv, "--output", out, "--radii", *radii, "--steps", "5", "--samples", "8"])
         == 0
     )
     text = capsys.readouterr().out

@@ -33,8 +33,12 @@ def build_parser():
 
     # our own flags; everything else is the certify config and its overrides (no abbreviations: those would
     # swallow LightningCLI options)
-    p = argparse.ArgumentParser(prog="msds attack-smoothed", add_help=False, allow_abbrev=False)
-    p.add_argument("--output", required=True, help="per-image result TSV; the gap table goes to .md and .csv")
+    p = argparse.ArgumentParser(
+        prog="msds attack-smoothed -c CERTIFY_CONFIG.yaml [--section.key value ...]", add_help=False,
+        allow_abbrev=False, description="Attack the smoothed classifier g of a certify config (SmoothAdv l2 PGD) "
+        "and put its empirical robust accuracy next to the certified one. Its own flags:",
+    )  # fmt: skip
+    p.add_argument("--output", help="per-image result TSV (required); the gap table goes to .md and .csv")
     p.add_argument("--radii", nargs="+", type=parse_eps, default=None,
                    help="ℓ2 radii ε to attack ([0,1] pixel units; default: the config's results.radii)")  # fmt: skip
     p.add_argument("--certified", default=None,
@@ -103,7 +107,12 @@ def main(argv: Sequence[str]) -> int:
     )
     from ..smoothing.checks import check_alpha, check_count
 
-    args, argv = build_parser().parse_known_args(list(argv))
+    parser = build_parser()
+    if "-h" in argv or "--help" in argv:  # our flags, then LightningCLI's (the certify config's sections)
+        sys.stdout.write(parser.format_help() + "\n")
+    args, argv = parser.parse_known_args(list(argv))
+    if args.output is None and "-h" not in argv and "--help" not in argv:
+        raise ValueError("--output FILE.tsv is required (the per-image rows; the table goes beside it)")
     for flag in ("steps", "samples", "predict_n", "predict_n0"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
