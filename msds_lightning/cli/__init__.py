@@ -16,6 +16,7 @@ fast). :func:`run_command` is the dispatcher (``msds demo`` calls it too): bad i
 [--ckpt_path PATH|last]`` (LightningCLI ``fit``)
 ``msds demo [--stages ...|--all] [--quick]``
 ``msds attack (--model-name NAME --checkpoint FILE | --idc DIR) ... --output FILE.tsv``
+``msds attack-smoothed -c CERTIFY_CONFIG.yaml --output FILE.tsv [--radii R...] [--certified RESULTS.tsv]``
 ``msds generate --denoiser DIR --num-per-class N --num-classes K --output FILE.npz``
 ``msds convert-openai SRC.pt DST_DIR (--kind {improved-cifar10,guided-256} | --model-flags "FLAGS" [--library L])``
 """
@@ -49,6 +50,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("generate:main", "sample a class-conditional diffusion UNet (EDM Heun) into an .npz of "
                  "generated training data"),  # fmt: skip
     "attack": ("attack:main", "empirical robustness: clean, PGD-k, EOT-PGD and AutoAttack (torchattacks) accuracy"),
+    "attack-smoothed": ("attack_smoothed:main", "SmoothAdv l2 PGD on the smoothed classifier g: empirical vs certified accuracy"),
     "demo": ("demo:main", "the embedded default: the MSDS story on scikit-learn digits in minutes on a CPU"),
     "convert-openai": ("convert:main", "convert an OpenAI improved-/guided-diffusion UNet checkpoint to a "
                        "diffusers denoiser folder"),  # fmt: skip
