@@ -69,3 +69,63 @@ def test_plan_on_the_tiny_cascade_config(tiny_assets, capsys):
     assert "to" in out.split("estimated wall time:")[1].splitlines()[0]  # a cascade visits 1 to 3 levels
     assert "budget 24.0 h: fits as configured" in out
     assert main(["plan", *argv, "--budget", "soon"]) == 2
+
+
+def test_replay_reproduces_the_bench_table_on_cohens_results(shared_fixtures):
+    """The replay the planner uses is the one behind bench/RESULTS.md: same seed, same samples per image."""
+    from msds_lightning.results.analysis import CIFAR10_RADII
+    from msds_lightning.results.replay import load_levels, mean_samples
+
+    root = shared_fixtures / "cohen2019"
+    sigmas = (0.25, 0.5, 1.0)
+    levels = load_levels([root / f for f in ("cifar_0.25", "cifar_0.50", "cifar_1.00")], sigmas)
+    adaptive = AdaptiveSampling(radii=tuple(CIFAR10_RADII))
+    kw = dict(n0=100, n=100_000, alpha=0.001)
+    fixed = mean_samples(levels[:1], sigmas[:1], sampling=None, cascade=False, **kw)
+    assert fixed == 100_100  # n0 + N
+    # bench/RESULTS.md, "Adaptive sampling (count-level replay)": 12,834 (σ = 0.25) and 16,118 (the cascade)
+    assert round(mean_samples(levels[:1], sigmas[:1], sampling=adaptive, cascade=False, **kw)) == 12_834
+    assert round(mean_samples(levels, sigmas, sampling=adaptive, cascade=True, **kw)) == 16_118
+    with pytest.raises(ValueError, match="give one result file per σ"):
+        load_levels([root / "cifar_0.25"], sigmas)
+
+
+def _single_sigma_results(path, radii, predict):
+    lines = ["idx\tlabel\tpredict\tradius\tcorrect\ttime"]
+    for i, (r, p) in enumerate(zip(radii, predict)):
+        lines.append(f"{i}\t{max(p, 0)}\t{p}\t{r}\t{int(p >= 0)}\t0.1")
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def test_plan_replays_earlier_results_for_the_expected_time(tiny_assets, tmp_path, capsys):
+    """A cascade with fixed sampling visits 1 to 3 levels; replaying single-σ results gives the expected
+    samples per image in that range, equal to the replay called directly. (N = 5,000: an abstention is
+    replayed at p = 0.45, which N = 200 cannot tell from 1/2, so it would stop the cascade instead of falling
+    through.)"""
+    from msds_lightning.results.replay import load_levels, mean_samples
+
+    sigmas = (1.0, 0.5, 0.25)  # the table's order: highest first
+    files = [  # σ = 1.0 abstains on images 0-4, so they fall to σ = 0.5, where 0-1 abstain again
+        _single_sigma_results(tmp_path / "s1.tsv", [0.0] * 5 + [1.2] * 5, [-1] * 5 + [1] * 5),
+        _single_sigma_results(tmp_path / "s0.5.tsv", [0.0, 0.0] + [0.7] * 8, [-1, -1] + [1] * 8),
+        _single_sigma_results(tmp_path / "s0.25.tsv", [0.5] * 10, [1] * 10),
+    ]
+    argv = [
+        "-c", str(REPO / "configs" / "tiny" / "certify_msds.yaml"),
+        f"--model.denoiser.init_args.path={tiny_assets / 'denoiser'}",
+        f"--model.classifier.init_args.checkpoint={tiny_assets / 'classifier.safetensors'}",
+        f"--data.init_args.root={tiny_assets / 'cifar10'}", "--model.n=5000",
+    ]  # fmt: skip
+    assert main(["plan", *argv, "--budget", "24h", "--replay", *files]) == 0
+    out = capsys.readouterr().out
+    expected = mean_samples(load_levels(files, sigmas), sigmas, n0=20, n=5000, alpha=0.001, sampling=None,
+                            cascade=True)  # fmt: skip
+    assert 5020 < expected < 3 * 5020
+    pairs = ", ".join(f"σ = {s:g}: {f}" for s, f in zip(sigmas, files))
+    assert f"fixed sampling, replayed on 10 image(s) ({pairs}): {expected:,.0f} samples per image" in out
+    assert "budget 24.0 h: fits expected (replay)" in out
+    assert main(["plan", *argv, "--replay", files[0]]) == 2  # one file for three σ
+    assert "give one result file per σ" in capsys.readouterr().err
+    assert main(["plan", *argv, "--replay", str(tmp_path / "absent.tsv"), *files[1:]]) == 2
+    assert "--replay: result file not found" in capsys.readouterr().err

@@ -11,7 +11,13 @@ certification run, what it can certify at all and how long it will take.
    run: images (after skip/max) × samples per image / (samples/s × devices). Samples per image: n0 + N per
    visited level; a cascade visits between one and all levels, so its estimate is a range; adaptive
    sampling stops early, so its estimate is an upper bound.
-3. With ``--budget`` (e.g. ``24h``, ``90m``, ``3600s``), the largest N and the smallest skip that fit.
+3. With ``--replay RUN.tsv [RUN.tsv ...]`` (earlier single-σ results, ours or Cohen et al.'s, one file per σ
+   of the config in the table's order, highest σ first, on the same images), the count-level replay
+   (:mod:`msds_lightning.results.replay`) runs this config's plan (n0, N, α, p0, sampling with its
+   checkpoints and radius grid, the cascade's fall-through) on those images' probabilities: the expected
+   samples per image, hence the expected wall time in place of a bound or a range.
+4. With ``--budget`` (e.g. ``24h``, ``90m``, ``3600s``), whether the run fits, else the largest N and the
+   smallest skip that would (by the replayed estimate when there is one, else by the upper bound).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import re
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from .certify import certify_arguments
 from .lightning import lightning_cli
@@ -74,12 +81,17 @@ def main(argv: Sequence[str]) -> int:
     own = argparse.ArgumentParser(prog="msds plan", add_help=False, allow_abbrev=False)
     own.add_argument("--budget")
     own.add_argument("--warmup-images", type=int, default=2)
+    own.add_argument("--replay", nargs="+", default=None)
     args, argv = own.parse_known_args(list(argv))
     budget = None if args.budget is None else parse_duration(args.budget)
     warmup_images = args.warmup_images
     if warmup_images < 1:
         raise ValueError(f"--warmup-images must be >= 1, got {warmup_images}")
+    for path in args.replay or ():
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"--replay: result file not found: {path}")
     defaults = {"logger": False, "enable_checkpointing": False, "enable_model_summary": False}
+    argv = [*argv, "--trainer.logger=false"]  # a plan logs no run, whatever loggers the config names
     cli = lightning_cli(CertifyModule, argv, "msds plan", add_arguments=certify_arguments,
                         save_config_callback=None, trainer_defaults=defaults)  # fmt: skip
     model, config = cli.model, cli.config.as_dict()
@@ -104,6 +116,10 @@ def main(argv: Sequence[str]) -> int:
         lines.append(f"warning: radius {r:g} of results.radii exceeds what N = {model.n:,} can certify at any "
                      f"level ({reach:.4f}): {advice}")  # fmt: skip
 
+    if args.replay:  # checked before the warm-up
+        from ..results.replay import load_levels, mean_samples
+
+        levels = load_levels(args.replay, sigmas)
     dataset = cli.datamodule.predict_dataset()
     count = len(dataset)
     if count == 0:
@@ -141,16 +157,36 @@ def main(argv: Sequence[str]) -> int:
         + (f" to {per_image[1]:,}" if per_image[1] != per_image[0] else "")
         + " samples per image)"
     )
+    expected = None  # samples per image, replayed
+    if args.replay:
+        expected = mean_samples(levels, sigmas, n0=model.n0, n=model.n, alpha=model.alpha,
+                                sampling=engine.sampling, cascade=engine.cascade, p0=p0)  # fmt: skip
+        lines.append(f"{'adaptive' if engine.sampling else 'fixed'} sampling, replayed on {len(levels[0].p):,} "
+                     f"image(s) ({', '.join(f'σ = {s:g}: {f}' for s, f in zip(sigmas, args.replay))}): "
+                     f"{expected:,.0f} samples per image ({expected / per_image[1]:.3f} of the bound), expected "
+                     f"wall time {_duration(count * expected / (rate * devices))}")  # fmt: skip
+    elif engine.sampling is not None:
+        lines.append("adaptive sampling stops early: on Cohen et al.'s CIFAR-10 results its count-level replay "
+                     "spent 0.13-0.16 of a fixed run at N = 100,000 (bench/RESULTS.md); --replay RUN.tsv "
+                     "estimates it for your models")  # fmt: skip
     if budget is not None:
-        worst = per_image[1]
-        fits_n = int(budget * rate * devices / count / (worst / (model.n0 + model.n))) - model.n0
+        per = expected if expected is not None else per_image[1]
+        needed = count * per / (rate * devices)
         skip = int(config["data"]["init_args"].get("skip", 1) or 1)
-        factor = math.ceil(seconds[1] / budget)
-        if seconds[1] <= budget:
-            lines.append(f"budget {_duration(budget)}: fits as configured")
+        how = "expected (replay)" if expected is not None else "as configured"
+        if needed <= budget:
+            lines.append(f"budget {_duration(budget)}: fits {how}")
         else:
-            lines.append(f"budget {_duration(budget)}: does not fit; N <= {max(fits_n, 0):,} would, or "
-                         f"--data.init_args.skip={skip * factor} (every {skip * factor}th image)")  # fmt: skip
+            # samples per image scale with N (the replay's share of the bound held fixed)
+            share = per / per_image[1]
+            fits_n = (
+                int(budget * rate * devices / count / share / (per_image[1] / (model.n0 + model.n)))
+                - model.n0
+            )
+            factor = math.ceil(needed / budget)
+            lines.append(f"budget {_duration(budget)}: does not fit ({how}: {_duration(needed)}); N <= "
+                         f"{max(fits_n, 0):,} would, or --data.init_args.skip={skip * factor} "
+                         f"(every {skip * factor}th image)")  # fmt: skip
     sys.stdout.write("\n".join(lines) + "\n")
     return 0
 
