@@ -485,8 +485,7 @@ def run_demo(
                 text = report(quick)
                 print(text, flush=True)
             print(f"[demo] {stage} done in {time.time() - t0:.0f} s", flush=True)
-        print(
-            f"[demo] finished in {time.time() - started:.0f} s; report: {Path(workdir) / OUT / 'report'}",
-            flush=True,
-        )
+        where = (f"report: {Path(workdir) / OUT / 'report'}" if "report" in todo
+                 else "`msds demo --stages report` adds these results to the report")  # fmt: skip
+        print(f"[demo] finished in {time.time() - started:.0f} s; {where}", flush=True)
     return text

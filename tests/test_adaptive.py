@@ -176,7 +176,7 @@ def cascade(settings):
     return make
 
 
-@pytest.mark.parametrize("p", [0.8, 0.95])
+@pytest.mark.parametrize("p", [0.8, pytest.param(0.95, marks=pytest.mark.slow)])  # ~40 s each
 def test_adaptive_single_sigma_is_sound_on_the_linear_classifier(p):
     bad = violations(single_sigma(AdaptiveSampling), 0.25 * norm.ppf(p))
     assert bad <= LIMIT, f"{bad} of {TRIALS} certified radii exceed the exact radius (limit {LIMIT:.0f})"

@@ -94,9 +94,11 @@ def test_stages_reuse_existing_models(demo, capsys):
     assert "[demo] stage 1/1: report" in out and "[demo] pretrain done" not in out
 
 
-def test_the_story_is_the_default_and_needs_are_resolved(tmp_path):
+def test_the_story_is_the_default_and_needs_are_resolved(tmp_path, monkeypatch):
     from msds_lightning.cli.demo import main
     from msds_lightning.demo import _with_needs
+
+    monkeypatch.chdir(tmp_path)  # no outputs/demo here: every needed stage is missing
 
     assert STORY == ("pretrain", "classifier", "finetune", "certify", "report")
     assert _with_needs(["certify"], force=False) == ["pretrain", "classifier", "finetune", "certify"]
@@ -133,3 +135,41 @@ def test_demo_configs_share_the_base_classifier():
 
     for config in ("finetune_msds.yaml", "certify_msds.yaml", "certify_dds.yaml"):
         assert "  classifier: classifier.yaml" in (CONFIGS / config).read_text()
+
+
+def test_plan_on_the_digits_configs(demo, monkeypatch, capsys):
+    """`msds plan` on the demo's own configs (their trained models): the radius limits in closed form, the
+    57 test digits of the protocol, and the adaptive estimate replayed on the demo's single-σ rows."""
+    from msds_lightning.cli import main
+    from msds_lightning.cli.plan import level_alphas, max_radius
+    from msds_lightning.demo import CONFIGS
+    from msds_lightning.smoothing.adaptive import AdaptiveSampling
+
+    workdir, _ = demo
+    monkeypatch.chdir(workdir)
+    runs = sorted((workdir / OUT / "logs" / "wandb").glob("offline-run-*"))
+    replay = [str(OUT / "certify" / f"dds_sigma{s}.tsv") for s in ("0.25", "0.125")]  # highest σ first
+    assert (
+        main(["plan", "-c", str(CONFIGS / "certify_msds.yaml"), "--replay", *replay, "--budget", "1h"]) == 0
+    )
+    out = capsys.readouterr().out
+    alphas = level_alphas(0.001, 2, True, AdaptiveSampling(), 10_000)
+    for sigma, a in zip((0.25, 0.125), alphas):
+        assert f"| {sigma:g} | {a:.3g} | {max_radius(sigma, 10_000, a):.4f} |" in out
+    # the demo's grid goes to r = 1.0, which N = 10,000 cannot reach (its r = 1.0 column is all zeros)
+    limit = max_radius(0.25, 10_000, alphas[0])
+    assert (
+        f"warning: radius 1 of results.radii exceeds what N = 10,000 can certify at any level ({limit:.4f})"
+        in out
+    )
+    assert "warning: radius 0.75" not in out
+    assert "57 image(s) to certify" in out and "estimated wall time: at most" in out
+    assert (
+        "adaptive sampling, replayed on 24 image(s) (σ = 0.25: " in out
+        and "budget 60 min: fits expected (replay)" in out
+    )
+    assert main(["plan", "-c", str(CONFIGS / "certify_dds.yaml"), "--model.sigma=0.5", "--model.n=200"]) == 0
+    out = capsys.readouterr().out
+    assert f"| 0.5 | {level_alphas(0.001, 1, False, AdaptiveSampling(), 200)[0]:.3g} |" in out
+    assert "warning: radius 1 of results.radii exceeds what N = 200 can certify" in out
+    assert sorted((workdir / OUT / "logs" / "wandb").glob("offline-run-*")) == runs  # planning logs no run

@@ -121,6 +121,7 @@ def load_gpu_check():
     return module
 
 
+@pytest.mark.slow  # ~60 s: the whole GPU check on the CPU with tiny models (run it before a GPU session)
 def test_gpu_check_dry_run_measures_every_row_and_checks_the_counts(tmp_path):
     gpu_check = load_gpu_check()
     out, raw = tmp_path / "report.md", tmp_path / "raw.json"

@@ -88,6 +88,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # ~50 s; rank-count independence stays in the default suite (test_certify_cli DDP test)
 def test_simulated_two_node_launch_matches_single_process(tiny_assets, reference, tmp_path):
     """Two 'nodes' of one process each on localhost, ranks from the environment as torchrun/SLURM set them."""
     output = tmp_path / "two_nodes.tsv"
@@ -123,6 +124,7 @@ def fake_slurm_bin(folder: Path) -> Path:
     return folder
 
 
+@pytest.mark.slow  # ~60 s; the signal -> stop after the batch -> resume path stays in the default suite (sigterm test)
 def test_certify_sbatch_template_requeues_on_signal_and_completes(tiny_assets, reference, tmp_path):
     bin_dir = fake_slurm_bin(tmp_path / "bin")
     output = tmp_path / "sbatch.tsv"

@@ -184,7 +184,8 @@ def main(argv: Sequence[str]) -> int:
                 - model.n0
             )
             factor = math.ceil(needed / budget)
-            lines.append(f"budget {_duration(budget)}: does not fit ({how}: {_duration(needed)}); N <= "
+            took = f"expected {_duration(needed)}" if expected is not None else f"up to {_duration(needed)}"
+            lines.append(f"budget {_duration(budget)}: does not fit ({took}); N <= "
                          f"{max(fits_n, 0):,} would, or --data.init_args.skip={skip * factor} "
                          f"(every {skip * factor}th image)")  # fmt: skip
     sys.stdout.write("\n".join(lines) + "\n")
